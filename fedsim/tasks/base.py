@@ -1,0 +1,87 @@
+"""What a task is: per-client objectives on a flat parameter vector, plus the global view.
+
+Every model in fedsim is a flat ``float64`` numpy vector ``x`` of length ``dim``; tasks with a
+torch model map that vector onto the module's parameters. Flat vectors keep compressors,
+aggregators and attacks model-agnostic and make one Flower array per message.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Objective(ABC):
+    """A finite sum ``f(x) = (1/n) Σ_j ℓ_j(x) + r(x)`` over ``n = num_samples`` samples.
+
+    ``idx`` selects a minibatch: ``f_idx(x) = (1/|idx|) Σ_{j∈idx} ℓ_j(x) + r(x)``; ``None`` means
+    all samples. ``smoothness`` bounds the Lipschitz constant of ``∇f``; ``sample_smoothness``
+    bounds that of every ``∇(ℓ_j + r)`` (the constant stochastic solvers need).
+    """
+
+    num_samples: int
+    smoothness: float
+    sample_smoothness: float
+
+    @abstractmethod
+    def loss(self, x: np.ndarray, idx: np.ndarray | None = None) -> float: ...
+
+    @abstractmethod
+    def grad(self, x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray: ...
+
+    def accuracy(self, x: np.ndarray) -> float | None:
+        """Fraction of correctly classified samples, or ``None`` where it means nothing."""
+        return None
+
+
+@dataclass
+class Task:
+    """A federated problem ``f(x) = Σ_m w_m f_m(x)`` with ``w_m = n_m / N``.
+
+    ``clients[m]`` is the objective of partition id ``m``; ``full`` is ``f`` itself on the pooled
+    data (used for centralized evaluation). ``mu`` is a strong-convexity constant of every
+    ``f_m`` (0 when there is none). ``solve`` returns ``(x*, f*)`` computed by an accurate solver,
+    or ``None`` when the problem has no computable optimum; call :meth:`optimum`, which caches.
+    """
+
+    name: str
+    dim: int
+    clients: list[Objective]
+    full: Objective
+    x0: np.ndarray
+    mu: float = 0.0
+    solve: Callable[[], tuple[np.ndarray, float] | None] | None = None
+    _optimum: tuple[np.ndarray, float] | None = field(default=None, repr=False)
+    _solved: bool = field(default=False, repr=False)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([c.num_samples for c in self.clients], dtype=float)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """``w_m = n_m / N``: the weight of client ``m`` in the global objective."""
+        s = self.sizes
+        return s / s.sum()
+
+    @property
+    def L(self) -> float:  # noqa: N802 - the paper's symbol
+        return float(self.full.smoothness)
+
+    @property
+    def client_L(self) -> np.ndarray:
+        return np.array([c.smoothness for c in self.clients], dtype=float)
+
+    def optimum(self) -> tuple[np.ndarray, float] | None:
+        """``(x*, f*)``, computed once on first use, or ``None``."""
+        if not self._solved:
+            self._optimum = self.solve() if self.solve is not None else None
+            self._solved = True
+        return self._optimum
