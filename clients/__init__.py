@@ -1,0 +1,1 @@
+"""Flower NumPyClient subclasses: the client side of each method, one module per family."""

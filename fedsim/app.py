@@ -1,0 +1,94 @@
+"""The ServerApp and ClientApp every engine runs.
+
+``server_fn``/``client_fn`` build the method's Strategy and NumPyClient from one resolved config
+(:mod:`fedsim.build`). The ray and inline engines bind the config directly; the deployment
+objects :data:`server_app` and :data:`client_app` (named in ``pyproject.toml`` for ``flwr run``)
+compose it from the run config's ``overrides`` string, exactly as ``python -m fedsim`` would::
+
+    flwr run . local --run-config 'overrides="method=fedavg sampler=cyclic" outdir="/abs/dir"'
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from flwr.client import Client, ClientApp
+from flwr.common import Context
+from flwr.server import Server, ServerApp, ServerAppComponents, ServerConfig
+from flwr.server.client_manager import SimpleClientManager
+
+from fedsim.build import build_client, build_strategy, resolve
+from strategies.base import RunSettings
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings:
+    return RunSettings(
+        seed=cfg["seed"],
+        num_rounds=cfg["num_rounds"],
+        eval_every=cfg["eval_every"],
+        max_failure_fraction=float(cfg["max_failure_fraction"]),
+        max_failed_rounds=cfg["max_failed_rounds"],
+        outdir=outdir,
+        progress=progress,
+    )
+
+
+def round_timeout(cfg: Mapping) -> float | None:
+    value = cfg["engine"].get("round_timeout")
+    return None if value is None else float(value)
+
+
+def server_fn(cfg: Mapping, outdir: str | None, progress: bool, context: Context):
+    """A legacy ``Server`` around the method's strategy, dispatching to the whole cohort at once."""
+    strategy = build_strategy(cfg, settings_of(cfg, outdir, progress))
+    server = Server(client_manager=SimpleClientManager(), strategy=strategy)
+    server.set_max_workers(max(1, cfg["num_clients"]))
+    config = ServerConfig(num_rounds=cfg["num_rounds"], round_timeout=round_timeout(cfg))
+    return ServerAppComponents(server=server, config=config)
+
+
+def client_fn(cfg: Mapping, context: Context) -> Client:
+    return build_client(cfg, context)
+
+
+def bound_apps(cfg: Mapping, outdir: str | None, progress: bool) -> tuple[ServerApp, ClientApp]:
+    """ServerApp and ClientApp bound to one resolved config (ray and inline engines)."""
+    server = ServerApp(server_fn=functools.partial(server_fn, dict(cfg), outdir, progress))
+    client = ClientApp(client_fn=functools.partial(client_fn, dict(cfg)))
+    return server, client
+
+
+@functools.lru_cache(maxsize=8)
+def compose(overrides: str) -> dict:
+    """Compose ``conf/`` with Hydra overrides (a shell-quoted string) and resolve it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=shlex.split(overrides))
+    return resolve(cfg)
+
+
+def _run_config(context: Context) -> tuple[dict, str | None]:
+    overrides = str(context.run_config.get("overrides", ""))
+    outdir = str(context.run_config.get("outdir", "")) or None
+    return compose(overrides), outdir
+
+
+def _deployment_server_fn(context: Context) -> ServerAppComponents:
+    cfg, outdir = _run_config(context)
+    return server_fn(cfg, outdir, False, context)
+
+
+def _deployment_client_fn(context: Context) -> Client:
+    cfg, _ = _run_config(context)
+    return client_fn(cfg, context)
+
+
+server_app = ServerApp(server_fn=_deployment_server_fn)
+client_app = ClientApp(client_fn=_deployment_client_fn)

@@ -1,0 +1,151 @@
+"""From one composed config to the objects every engine runs.
+
+:func:`resolve` validates a composed config before any engine starts (unknown names, impossible
+values, missing files, resources) and turns ``auto`` hyperparameters into numbers, returning a
+plain dict. :func:`build_strategy` and :func:`build_client` turn that dict into the method's
+Flower ``Strategy`` and ``NumPyClient``; the ray, inline and deployment engines all call them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.common import Context
+
+from fedsim.errors import ConfigError
+from fedsim.samplers import Sampler, build_sampler
+from fedsim.tasks.base import Task
+from fedsim.tasks.registry import build_task
+
+ENGINES = ("ray", "inline", "deployment")
+# Building blocks that arrive with later methods; until a method uses them only these are valid.
+UNUSED_GROUPS = {"compressor": "identity", "aggregator": "mean", "attack": "none"}
+
+
+def _class(path: str, what: str) -> type:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot import {what} {path!r}: {err}") from err
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, resolved dict from an OmegaConf config (or a dict)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # interpolation errors are config errors
+        raise ConfigError(f"cannot resolve the config: {err}") from err
+    return {k: v for k, v in dict(cfg).items() if k != "hydra"}
+
+
+def _int_at_least(cfg: Mapping, key: str, low: int) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def task_of(cfg: Mapping) -> Task:
+    """The task of a resolved config (built once per process, then cached by the registry)."""
+    return build_task(dict(cfg["task"]), dict(cfg["partition"]), cfg["num_clients"], cfg["seed"])
+
+
+def sampler_of(cfg: Mapping, task: Task) -> Sampler:
+    return build_sampler(
+        cfg["sampler"], cfg["num_clients"], cfg["seed"], client_L=task.client_L, sizes=task.sizes
+    )
+
+
+def _check_engine(cfg: Mapping) -> None:
+    engine = cfg["engine"]
+    name = engine.get("name")
+    if name not in ENGINES:
+        raise ConfigError(f"unknown engine {name!r}; valid choices: {', '.join(ENGINES)}")
+    if cfg.get("device", "cpu") not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {cfg.get('device')!r}")
+    if cfg.get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but torch sees no CUDA device on this machine")
+    if name != "ray":
+        return
+    res = engine.get("client_resources") or {}
+    cpus, gpus = res.get("num_cpus", 1), res.get("num_gpus", 0.0)
+    if not isinstance(cpus, int | float) or cpus <= 0:
+        raise ConfigError(f"engine.client_resources.num_cpus must be > 0, got {cpus!r}")
+    if not isinstance(gpus, int | float) or gpus < 0:
+        raise ConfigError(f"engine.client_resources.num_gpus must be >= 0, got {gpus!r}")
+    if engine.get("address") is None:  # resources of this machine; a cluster checks its own
+        have = engine.get("num_cpus") or os.cpu_count() or 1
+        if cpus > have:
+            raise ConfigError(
+                f"engine.client_resources.num_cpus={cpus} but this machine offers {have} CPUs"
+            )
+        if gpus > 0:
+            import torch
+
+            if torch.cuda.device_count() == 0:
+                raise ConfigError(
+                    f"engine.client_resources.num_gpus={gpus} but this machine has no GPU"
+                )
+
+
+def resolve(cfg: Any) -> dict:
+    """Validate a composed config and resolve ``auto`` values (raises :class:`ConfigError`)."""
+    out = to_dict(cfg)
+    for key in ("method", "task", "partition", "sampler", "engine"):
+        if not isinstance(out.get(key), Mapping) or "name" not in out[key]:
+            raise ConfigError(f"the config has no {key} group (choose one with {key}=NAME)")
+    for key in ("seed",):
+        _int_at_least(out, key, 0)
+    _int_at_least(out, "num_clients", 1)
+    _int_at_least(out, "num_rounds", 1)
+    _int_at_least(out, "eval_every", 1)
+    _int_at_least(out, "max_failed_rounds", 1)
+    frac = out.get("max_failure_fraction", 0.5)
+    if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac <= 1:
+        raise ConfigError(f"max_failure_fraction must lie in [0, 1], got {frac!r}")
+    for group, only in UNUSED_GROUPS.items():
+        name = (out.get(group) or {}).get("name", only)
+        if name != only:
+            raise ConfigError(
+                f"method {out['method']['name']!r} does not use {group}={name!r}; "
+                f"valid choices: {only}"
+            )
+    _check_engine(out)
+    method = out["method"]
+    strategy_cls = _class(str(method.get("strategy")), "strategy")
+    _class(str(method.get("client")), "client")
+    task = task_of(out)
+    if task.num_clients != out["num_clients"]:
+        raise ConfigError(
+            f"task {task.name!r} has {task.num_clients} clients but num_clients={out['num_clients']}"
+        )
+    sampler_of(out, task)  # validates the sampler against the population
+    out["method"] = strategy_cls.resolve(method, task)
+    return out
+
+
+def build_strategy(cfg: Mapping, settings: Any) -> Any:
+    """The method's Strategy for a resolved config."""
+    task = task_of(cfg)
+    cls = _class(cfg["method"]["strategy"], "strategy")
+    return cls.from_config(cfg["method"], task, sampler_of(cfg, task), settings)
+
+
+def build_client(cfg: Mapping, context: Context) -> Any:
+    """The method's NumPyClient for the node whose ``context`` is given, as a Flower Client."""
+    pid = int(context.node_config["partition-id"])
+    task = task_of(cfg)
+    if not 0 <= pid < task.num_clients:
+        raise ConfigError(f"partition-id {pid} outside [0, {task.num_clients})")
+    cls = _class(cfg["method"]["client"], "client")
+    return cls.from_config(cfg["method"], task, pid, cfg["seed"], context).to_client()

@@ -1,0 +1,1 @@
+"""Flower Strategy subclasses: the server side of each method, one module per family."""

@@ -1,0 +1,259 @@
+"""Machinery shared by every fedsim strategy.
+
+:class:`FedsimStrategy` is a Flower ``Strategy`` that
+
+- learns the node → partition-id map once, by a ``get_properties`` call to every node, and from
+  then on addresses clients by partition id (works in simulation and deployment alike);
+- asks its :class:`~fedsim.samplers.Sampler` for each round's cohort;
+- hands results to the method in partition-id order, so summation order never depends on the
+  engine or on arrival order;
+- counts failures (exceptions, missing replies, arrays of the wrong shape or non-finite values)
+  and applies the failure policy;
+- measures traffic (bits of the arrays that crossed the wire, paper-convention floats, sample
+  gradients) and writes ``metrics.csv`` through :class:`~fedsim.metrics.MetricsRecorder`.
+
+A method subclasses it and implements :meth:`fit_config` (what each sampled client receives) and
+:meth:`apply` (the server update from the cohort's replies).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetPropertiesIns,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from fedsim.metrics import MetricsRecorder, evaluate, wire_bits
+from fedsim.samplers import Cohort, Sampler
+from fedsim.tasks.base import Task
+
+log = logging.getLogger("fedsim")
+
+
+class RunAborted(RuntimeError):
+    """Too many consecutive rounds could not proceed (see ``max_failed_rounds``)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Run-level settings every strategy needs (from the top of the config)."""
+
+    seed: int = 0
+    num_rounds: int = 1
+    eval_every: int = 1
+    max_failure_fraction: float = 0.5
+    max_failed_rounds: int = 3
+    outdir: str | None = None
+    progress: bool = False
+    discovery_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One client's valid reply: its arrays and its metrics, keyed by partition id."""
+
+    pid: int
+    arrays: list[np.ndarray]
+    metrics: dict[str, Scalar]
+    num_examples: int
+
+
+class FedsimStrategy(Strategy):
+    """Base class of fedsim strategies (see the module docstring)."""
+
+    def __init__(self, task: Task, sampler: Sampler, settings: RunSettings) -> None:
+        super().__init__()
+        self.task = task
+        self.sampler = sampler
+        self.settings = settings
+        self.x = np.array(task.x0, dtype=float, copy=True)
+        path = Path(settings.outdir) / "metrics.csv" if settings.outdir else None
+        self.recorder = MetricsRecorder(path)
+        self._proxies: dict[int, ClientProxy] = {}
+        self._cohort: Cohort | None = None
+        self._failed_rounds = 0
+        self._bar = None
+
+    # ----------------------------------------------------------------- method hooks
+    def fit_config(self, rnd: int, cohort: Cohort) -> dict[int, tuple[list[np.ndarray], dict]]:
+        """Per sampled partition id: the arrays and the flat config it receives."""
+        raise NotImplementedError
+
+    def apply(self, rnd: int, cohort: Cohort, replies: list[Reply]) -> None:
+        """Update the server state (``self.x`` and the method's own) from the valid replies,
+        given in partition-id order."""
+        raise NotImplementedError
+
+    def expected_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes a valid reply must have (default: one vector of the model's size)."""
+        return [(self.task.dim,)]
+
+    def down_floats(self, arrays: list[np.ndarray]) -> int:
+        """Real numbers sent to one client, by the papers' convention (default: all entries)."""
+        return sum(int(a.size) for a in arrays)
+
+    # ----------------------------------------------------------------- Flower hooks
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        self.recorder.restart_clock()
+        if self.settings.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.settings.num_rounds, desc="rounds", unit="rnd")
+        return ndarrays_to_parameters([self.x])
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        if not self._proxies:
+            self._proxies = discover(client_manager, self.task.num_clients, self.settings)
+        cohort = self.sampler.sample(server_round)
+        self._cohort = cohort
+        out = []
+        down_bits = down_floats = 0
+        shared: dict[int, Parameters] = {}
+        for pid, (arrays, config) in self.fit_config(server_round, cohort).items():
+            # Clients that receive the very same arrays share one serialization.
+            key = id(arrays)
+            params = shared.get(key)
+            if params is None:
+                params = shared[key] = ndarrays_to_parameters(arrays)
+            down_bits += wire_bits(params)
+            down_floats += self.down_floats(arrays)
+            config = {"round": server_round, **config}
+            out.append((self._proxies[pid], FitIns(params, config)))
+        self.recorder.add(down_bits=down_bits, down_floats=down_floats)
+        return out
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        cohort = self._cohort
+        assert cohort is not None
+        replies: list[Reply] = []
+        up_bits = up_floats = evals = 0
+        n_failed = len(failures)
+        for _, res in results:
+            up_bits += wire_bits(res.parameters)
+            reply = self._check(res)
+            if reply is None:
+                n_failed += 1
+                continue
+            replies.append(reply)
+            up_floats += int(reply.metrics.get("up_floats", sum(a.size for a in reply.arrays)))
+            evals += int(reply.metrics.get("grad_evals", 0))
+        n_failed += len(cohort.ids) - len(results) - len(failures)  # never answered
+        replies.sort(key=lambda r: r.pid)
+        self.recorder.add(
+            up_bits=up_bits,
+            up_floats=up_floats,
+            grad_evals=evals,
+            clients=len(replies),
+            failures=n_failed,
+        )
+        if n_failed and n_failed > self.settings.max_failure_fraction * len(cohort.ids):
+            self._failed_rounds += 1
+            log.warning(
+                "round %d: %d of %d clients failed; the model is left unchanged",
+                server_round,
+                n_failed,
+                len(cohort.ids),
+            )
+            if self._failed_rounds >= self.settings.max_failed_rounds:
+                raise RunAborted(
+                    f"{self._failed_rounds} consecutive rounds failed (more than "
+                    f"max_failure_fraction={self.settings.max_failure_fraction} of the cohort); "
+                    "stopping the run"
+                )
+            return None, {"failures": n_failed}
+        self._failed_rounds = 0
+        self.apply(server_round, cohort, replies)
+        return ndarrays_to_parameters([self.x]), {"failures": n_failed}
+
+    def _check(self, res: FitRes) -> Reply | None:
+        """A valid reply, or None for garbage (wrong shapes, non-finite values, no pid)."""
+        try:
+            arrays = parameters_to_ndarrays(res.parameters)
+            pid = int(res.metrics["pid"])
+        except Exception:  # noqa: BLE001 - anything unreadable is a failure
+            log.warning("a client sent an unreadable reply; counted as a failure")
+            return None
+        shapes = [a.shape for a in arrays]
+        if shapes != self.expected_shapes() or not all(np.all(np.isfinite(a)) for a in arrays):
+            log.warning("client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes)
+            return None
+        return Reply(pid, arrays, dict(res.metrics), int(res.num_examples))
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return []  # fedsim evaluates centrally, on the server
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return None, {}
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        s = self.settings
+        last = server_round == s.num_rounds
+        if self._bar is not None and server_round > 0:
+            self._bar.update(1)
+        if not (server_round % s.eval_every == 0 or last):
+            return None
+        row = self.recorder.row(server_round, evaluate(self.task, self.x))
+        if self._bar is not None:
+            shown = "gap" if row.get("gap") is not None else "loss"
+            self._bar.set_postfix({shown: f"{row[shown]:.3e}"}, refresh=False)
+            if last:
+                self._bar.close()
+        metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}
+        return float(row["loss"]), metrics
+
+
+def discover(client_manager: ClientManager, num_clients: int, s: RunSettings) -> dict[int, ClientProxy]:
+    """Wait for ``num_clients`` nodes, then ask each for its ``partition-id`` (in parallel)."""
+    deadline = time.monotonic() + s.discovery_timeout
+    while client_manager.num_available() < num_clients:
+        if time.monotonic() > deadline:
+            raise RunAborted(
+                f"only {client_manager.num_available()} of {num_clients} clients connected "
+                f"within {s.discovery_timeout:.0f} s"
+            )
+        time.sleep(0.05)
+    proxies = list(client_manager.all().values())
+
+    def ask(proxy: ClientProxy) -> tuple[int, ClientProxy]:
+        res = proxy.get_properties(GetPropertiesIns({}), timeout=s.discovery_timeout, group_id=0)
+        return int(res.properties["partition-id"]), proxy
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, len(proxies))) as pool:
+        found = dict(pool.map(ask, proxies))
+    missing = sorted(set(range(num_clients)) - set(found))
+    if missing:
+        raise RunAborted(f"no node reported partition ids {missing[:10]}")
+    return found

@@ -1,0 +1,89 @@
+"""FedAvg with a server stepsize, and hence regularized client participation.
+
+Server rule (McMahan et al. 2017 with a server stepsize; Malinovsky et al. 2022, "Nastya", when
+the local solver is one epoch of random reshuffling):
+
+    x ← x − η · Σ_{m∈S} a_m w_m Δ_m,    Δ_m = x − y_m (client m's displacement),
+
+where ``w_m = n_m/N`` and ``a_m`` are the sampler's Horvitz–Thompson multipliers, so the update
+is an unbiased estimate of the full-participation step ``η Σ_m w_m Δ_m`` for every sampler.
+With ``sampler=cyclic`` (each client exactly once per meta-epoch) this is FedAvg with regularized
+client participation (Malinovsky, Horváth, Burlachenko, Richtárik, arXiv 2302.03662, Alg. 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedsim.errors import ConfigError
+from fedsim.samplers import Cohort, Sampler
+from fedsim.solvers import SOLVERS
+from fedsim.stepsizes import local_gd_lr, positive_or_auto
+from fedsim.tasks.base import Task
+from strategies.base import FedsimStrategy, Reply, RunSettings
+
+
+def positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_local(method: Mapping, task: Task) -> dict:
+    """Validate the common local-training knobs and resolve ``auto`` stepsizes."""
+    solver = method.get("local_solver", "gd")
+    if solver not in SOLVERS:
+        raise ConfigError(
+            f"unknown method.local_solver {solver!r}; valid choices: {', '.join(SOLVERS)}"
+        )
+    out = dict(method)
+    out["local_solver"] = solver
+    for key in ("local_steps", "local_epochs", "batch_size"):
+        out[key] = positive_int(f"method.{key}", method.get(key, 1))
+    out["client_lr"] = positive_or_auto(
+        "method.client_lr", method.get("client_lr", "auto"), local_gd_lr(task, solver)
+    )
+    out["server_lr"] = positive_or_auto("method.server_lr", method.get("server_lr", 1.0), 1.0)
+    return out
+
+
+def weighted_displacement(
+    replies: list[Reply], cohort: Cohort, weights: np.ndarray
+) -> np.ndarray:
+    """``Σ_{m∈S} a_m w_m Δ_m`` over the replies (partition-id order)."""
+    scale = dict(zip(cohort.ids.tolist(), cohort.scale.tolist(), strict=True))
+    total = np.zeros_like(replies[0].arrays[0]) if replies else None
+    for r in replies:
+        total += (scale[r.pid] * weights[r.pid]) * r.arrays[0]
+    return total
+
+
+class FedAvg(FedsimStrategy):
+    """FedAvg with server stepsize ``η = method.server_lr`` (see the module docstring)."""
+
+    def __init__(
+        self, task: Task, sampler: Sampler, settings: RunSettings, server_lr: float = 1.0
+    ) -> None:
+        super().__init__(task, sampler, settings)
+        self.server_lr = server_lr
+        self.weights = task.weights
+
+    @staticmethod
+    def resolve(method: Mapping, task: Task) -> dict:
+        return resolve_local(method, task)
+
+    @classmethod
+    def from_config(
+        cls, method: Mapping, task: Task, sampler: Sampler, settings: RunSettings
+    ) -> FedAvg:
+        return cls(task, sampler, settings, server_lr=float(method["server_lr"]))
+
+    def fit_config(self, rnd: int, cohort: Cohort) -> dict[int, tuple[list[np.ndarray], dict]]:
+        arrays = [self.x]
+        return {int(pid): (arrays, {}) for pid in cohort.ids}
+
+    def apply(self, rnd: int, cohort: Cohort, replies: list[Reply]) -> None:
+        if replies:
+            self.x = self.x - self.server_lr * weighted_displacement(replies, cohort, self.weights)
