@@ -1,0 +1,333 @@
+"""Build a :class:`~fedsim.tasks.base.Task` from the ``task`` and ``partition`` config groups.
+
+``build_task(task_cfg, partition_cfg, num_clients, seed)`` takes plain dicts (``name`` plus
+parameters; missing parameters take the defaults in :data:`TASK_DEFAULTS`) and caches the result
+in-process under a canonical JSON of its arguments, so every client process builds a task once.
+Cached tasks are shared: their ``x0`` is read-only (copy it before changing it).
+
+Tasks (``task.name``):
+
+- ``logreg_synthetic``: binary Synthetic(α, β) (:func:`fedsim.tasks.data.synthetic_client`), one
+  generating client per partition id under ``partition=natural``; any other partition pools the
+  generated samples and splits them again.
+- ``logreg_libsvm``: a LIBSVM file ``task.path`` (a9a, w8a, ...), labels mapped to ``±1``.
+- ``logreg_sklearn``: ``breast_cancer``, ``digits`` or ``wine`` with standardized features;
+  multi-class sets use one-vs-rest (``positive_class`` vs the rest) or the multinomial loss.
+  Partitions split by the original class labels in both modes.
+- ``quadratic``: :mod:`fedsim.tasks.quadratic`, one client per partition id (``natural`` only).
+- ``mlp_digits``: :mod:`fedsim.tasks.mlp` on ``digits``; no ``x*`` (``solve = None``).
+
+Convex tasks start at ``x0 = 0`` (or ``x0_scale · N(0, I)``); ``mu`` is ``l2`` (logistic) or
+``mu`` (quadratic); ``full`` is the objective on the clients' pooled samples in client order, so
+``full.loss(x) = Σ_m (n_m/N) f_m(x)``; ``solve`` runs Newton's method (cached on disk) or the exact
+linear solve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedsim.errors import ConfigError, unknown
+from fedsim.partition import check_partition_cfg, partition_indices
+from fedsim.rng import generator
+from fedsim.tasks import data, optimum
+from fedsim.tasks.base import Task
+from fedsim.tasks.logreg import BinaryLogistic, Matrix, MultinomialLogistic
+from fedsim.tasks.quadratic import Quadratic, quadratic_clients
+
+TASK_NAMES: tuple[str, ...] = (
+    "logreg_synthetic",
+    "logreg_libsvm",
+    "logreg_sklearn",
+    "quadratic",
+    "mlp_digits",
+)
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "logreg_synthetic": {
+        "dim": 20,
+        "samples_per_client": 100,
+        "alpha": 1.0,
+        "beta": 1.0,
+        "l2": 1e-2,
+        "normalize": True,
+        "x0_scale": 0.0,
+    },
+    "logreg_libsvm": {
+        "path": None,  # None: $FEDSIM_DATA/a9a, else ../shared/data/a9a (relative to the cwd)
+        "num_features": None,
+        "max_samples": None,
+        "l2": 1e-3,
+        "normalize": False,
+        "x0_scale": 0.0,
+    },
+    "logreg_sklearn": {
+        "dataset": "breast_cancer",
+        "multiclass": "ovr",
+        "positive_class": 0,
+        "l2": 1e-2,
+        "normalize": False,
+        "x0_scale": 0.0,
+    },
+    "quadratic": {
+        "dim": 10,
+        "L_min": 1.0,
+        "L_max": 100.0,
+        "mu": 1.0,
+        "heterogeneity": 1.0,
+        "x0_scale": 0.0,
+    },
+    "mlp_digits": {
+        "hidden": 32,
+        "activation": "relu",
+        "L": 10.0,
+        "l2": 0.0,
+        "device": "cpu",
+        "dtype": "float64",
+    },
+}
+MULTICLASS_MODES: tuple[str, ...] = ("ovr", "multinomial")
+
+_CACHE: dict[str, Task] = {}
+
+
+def build_task(
+    task_cfg: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    """The task named by ``task_cfg["name"]``, split across ``num_clients`` clients (cached)."""
+    key = json.dumps(
+        {"task": task_cfg, "partition": partition_cfg, "clients": num_clients, "seed": seed},
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _CACHE:
+        name = task_cfg.get("name")
+        if name not in TASK_NAMES:
+            raise unknown("task", name, TASK_NAMES)
+        if int(num_clients) < 1:
+            raise ConfigError(f"num_clients must be at least 1, got {num_clients}")
+        opts = task_options(task_cfg)
+        check_partition_cfg(partition_cfg)
+        task = _BUILDERS[name](opts, dict(partition_cfg), int(num_clients), int(seed))
+        task.x0.flags.writeable = False
+        _CACHE[key] = task
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget every task built in this process."""
+    _CACHE.clear()
+
+
+def task_options(task_cfg: dict[str, Any]) -> dict[str, Any]:
+    """``task_cfg`` over the task's defaults; unknown keys are a :class:`ConfigError`."""
+    name = task_cfg["name"]
+    defaults = TASK_DEFAULTS[name]
+    extra = sorted(set(task_cfg) - set(defaults) - {"name"})
+    if extra:
+        raise ConfigError(
+            f"unknown key(s) {', '.join('task.' + k for k in extra)} for task {name!r}; "
+            f"valid keys: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **{k: v for k, v in task_cfg.items() if k != "name"}}
+
+
+def _number(opts: dict[str, Any], key: str, kind: type, low: float, strict: bool = False) -> Any:
+    """``opts[key]`` converted by ``kind`` and checked ``> low`` (strict) or ``≥ low``."""
+    try:
+        value = kind(opts[key])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"task.{key} must be a {kind.__name__}, got {opts[key]!r}") from err
+    if value < low or (strict and value == low):
+        raise ConfigError(f"task.{key} must be {'>' if strict else '≥'} {low}, got {value}")
+    return value
+
+
+def _x0(dim: int, opts: dict[str, Any], seed: int) -> np.ndarray:
+    scale = _number(opts, "x0_scale", float, 0.0)
+    if scale == 0:
+        return np.zeros(dim)
+    return scale * generator(seed, 0, "task/x0").standard_normal(dim)
+
+
+def _maybe_normalize(a: Matrix, opts: dict[str, Any]) -> Matrix:
+    return data.normalize_rows(a) if opts["normalize"] else a
+
+
+def _linear_task(
+    name: str,
+    a: Matrix,
+    y: np.ndarray,
+    parts: list[np.ndarray],
+    make: Callable[[Matrix, np.ndarray], BinaryLogistic | MultinomialLogistic],
+    opts: dict[str, Any],
+    seed: int,
+) -> Task:
+    """Clients ``make(a[p], y[p])`` for every part ``p``; ``full`` on the parts in client order."""
+    clients = [make(a[p], y[p]) for p in parts]
+    pooled = np.concatenate(parts)
+    full = make(a[pooled], y[pooled])
+    l2 = full.l2
+
+    def solve() -> tuple[np.ndarray, float]:
+        return optimum.cached(full.fingerprint(), lambda: optimum.newton(full, np.zeros(full.dim)))
+
+    return Task(
+        name=name,
+        dim=full.dim,
+        clients=list(clients),
+        full=full,
+        x0=_x0(full.dim, opts, seed),
+        mu=l2,
+        solve=solve,
+    )
+
+
+def _binary(l2: float) -> Callable[[Matrix, np.ndarray], BinaryLogistic]:
+    return lambda a, y: BinaryLogistic(a, y, l2)
+
+
+def _build_synthetic(
+    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    dim = _number(opts, "dim", int, 1)
+    samples = _number(opts, "samples_per_client", int, 1)
+    alpha = _number(opts, "alpha", float, 0.0)
+    beta = _number(opts, "beta", float, 0.0)
+    l2 = _number(opts, "l2", float, 0.0)
+    shards = [data.synthetic_client(k, dim, samples, alpha, beta, seed) for k in range(num_clients)]
+    a = _maybe_normalize(np.vstack([s[0] for s in shards]), opts)
+    y = np.concatenate([s[1] for s in shards])
+    if partition_cfg.get("name") == "natural":
+        parts = list(np.arange(num_clients * samples).reshape(num_clients, samples))
+    else:
+        parts = partition_indices(y, num_clients, partition_cfg, seed)
+    return _linear_task("logreg_synthetic", a, y, parts, _binary(l2), opts, seed)
+
+
+def _build_libsvm(
+    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    path = opts["path"]
+    if path is None:
+        folder = os.environ.get("FEDSIM_DATA") or os.path.join("..", "shared", "data")
+        path = os.path.join(folder, "a9a")
+    num_features = None if opts["num_features"] is None else _number(opts, "num_features", int, 1)
+    max_samples = None if opts["max_samples"] is None else _number(opts, "max_samples", int, 1)
+    l2 = _number(opts, "l2", float, 0.0)
+    a, y = data.load_libsvm(path, num_features, max_samples)
+    a = _maybe_normalize(a, opts)
+    parts = partition_indices(y, num_clients, partition_cfg, seed)
+    return _linear_task("logreg_libsvm", a, y, parts, _binary(l2), opts, seed)
+
+
+def _build_sklearn(
+    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    a, labels = data.load_sklearn(opts["dataset"])
+    a = _maybe_normalize(a, opts)
+    l2 = _number(opts, "l2", float, 0.0)
+    classes = np.unique(labels)
+    mode = opts["multiclass"]
+    if mode not in MULTICLASS_MODES:
+        raise unknown("task.multiclass", mode, MULTICLASS_MODES)
+    parts = partition_indices(labels, num_clients, partition_cfg, seed)
+    if classes.shape[0] > 2 and mode == "multinomial":
+        k = int(classes.shape[0])
+        make: Callable[[Matrix, np.ndarray], BinaryLogistic | MultinomialLogistic]
+        make = lambda a_, y_: MultinomialLogistic(a_, y_, k, l2)  # noqa: E731
+        return _linear_task("logreg_sklearn", a, labels, parts, make, opts, seed)
+    if classes.shape[0] > 2:
+        positive = _number(opts, "positive_class", int, 0)
+        if positive not in classes:
+            raise ConfigError(
+                f"task.positive_class={positive} is not a class of {opts['dataset']}; "
+                f"classes: {classes.tolist()}"
+            )
+        y = np.where(labels == positive, 1.0, -1.0)
+    else:
+        y = data.binary_labels(labels)
+    return _linear_task("logreg_sklearn", a, y, parts, _binary(l2), opts, seed)
+
+
+def _build_quadratic(
+    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    if partition_cfg.get("name") != "natural":
+        raise ConfigError(
+            "task 'quadratic' generates one client per partition id: use partition=natural, "
+            f"not {partition_cfg.get('name')!r}"
+        )
+    dim = _number(opts, "dim", int, 1)
+    mu = _number(opts, "mu", float, 0.0, strict=True)
+    l_min = _number(opts, "L_min", float, mu)
+    l_max = _number(opts, "L_max", float, l_min)
+    heterogeneity = _number(opts, "heterogeneity", float, 0.0)
+    clients = quadratic_clients(num_clients, dim, mu, l_min, l_max, heterogeneity, seed)
+    weights = np.full(num_clients, 1.0 / num_clients)
+    a_bar, x_star, f_star = optimum.quadratic_optimum(
+        [c.a for c in clients], [c.b for c in clients], weights
+    )
+    full = Quadratic(a_bar, x_star, f_star)
+    return Task(
+        name="quadratic",
+        dim=dim,
+        clients=list(clients),
+        full=full,
+        x0=_x0(dim, opts, seed),
+        mu=mu,
+        solve=lambda: (x_star.copy(), f_star),
+    )
+
+
+def _build_mlp(
+    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    from fedsim.tasks.mlp import MLPObjective, build_mlp, init_vector
+
+    a, labels = data.load_sklearn("digits")
+    parts = partition_indices(labels, num_clients, partition_cfg, seed)
+    hidden = _number(opts, "hidden", int, 1)
+    l_const = _number(opts, "L", float, 0.0, strict=True)
+    l2 = _number(opts, "l2", float, 0.0)
+    num_classes = int(labels.max()) + 1
+    module = build_mlp(a.shape[1], hidden, num_classes, str(opts["activation"]))
+
+    def make(rows: np.ndarray) -> MLPObjective:
+        return MLPObjective(
+            module, a[rows], labels[rows], l_const, l2, str(opts["device"]), str(opts["dtype"])
+        )
+
+    clients = [make(p) for p in parts]
+    full = make(np.concatenate(parts))
+    return Task(
+        name="mlp_digits",
+        dim=full.dim,
+        clients=list(clients),
+        full=full,
+        x0=init_vector(module, seed),
+        mu=0.0,
+        solve=None,
+    )
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int], Task]] = {
+    "logreg_synthetic": _build_synthetic,
+    "logreg_libsvm": _build_libsvm,
+    "logreg_sklearn": _build_sklearn,
+    "quadratic": _build_quadratic,
+    "mlp_digits": _build_mlp,
+}
+
+__all__ = [
+    "MULTICLASS_MODES",
+    "TASK_DEFAULTS",
+    "TASK_NAMES",
+    "build_task",
+    "clear_cache",
+    "task_options",
+]
