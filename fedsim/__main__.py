@@ -40,7 +40,8 @@ def main(cfg: DictConfig) -> float | None:
     log.info("%s on %s (%s engine) → %s", resolved["method"]["name"], resolved["task"]["name"],
              resolved["engine"]["name"], outdir)
     try:
-        rows = run(resolved, outdir, progress=bool(resolved["output"].get("progress", True)))
+        progress = bool(resolved["output"].get("progress", True))
+        rows = run(resolved, outdir, progress, list(HydraConfig.get().overrides.task))
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)

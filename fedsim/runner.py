@@ -27,8 +27,17 @@ def quiet_flower(level: int = logging.WARNING) -> None:
     flwr_log.setLevel(level)
 
 
-def run(cfg: Mapping, outdir: str | Path | None, progress: bool = False) -> list[dict]:
-    """Run a resolved config; return the metrics rows (also in ``outdir/metrics.csv``)."""
+def run(
+    cfg: Mapping,
+    outdir: str | Path | None,
+    progress: bool = False,
+    overrides: Sequence[str] = (),
+) -> list[dict]:
+    """Run a resolved config; return the metrics rows (also in ``outdir/metrics.csv``).
+
+    ``overrides`` are the Hydra overrides that composed ``cfg``: the deployment engine sends them
+    to the ServerApp and ClientApps, which compose the same config themselves.
+    """
     outdir = str(Path(outdir).resolve()) if outdir is not None else None
     engine = cfg["engine"]["name"]
     if engine == "inline":
@@ -50,7 +59,7 @@ def run(cfg: Mapping, outdir: str | Path | None, progress: bool = False) -> list
     elif engine == "deployment":
         from fedsim.engines.deployment import run_deployment
 
-        run_deployment(cfg, outdir)
+        run_deployment(cfg, outdir, [o for o in overrides if not o.startswith("hydra.")])
     path = Path(outdir) / "metrics.csv"
     if not path.exists():
         raise RuntimeError(f"the {engine} run wrote no metrics ({path} is missing)")
@@ -62,7 +71,7 @@ def run_overrides(overrides: Sequence[str], outdir: str | Path | None = None) ->
     from fedsim.app import compose
 
     cfg = compose(" ".join(_quote(o) for o in overrides))
-    return run(cfg, outdir)
+    return run(cfg, outdir, overrides=list(overrides))
 
 
 def _quote(override: str) -> str:

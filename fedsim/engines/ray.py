@@ -35,6 +35,7 @@ def run_ray(cfg: Mapping, outdir: str | None, progress: bool) -> None:
     """Run one resolved config on Flower's Simulation Engine."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
 
     from fedsim.app import bound_apps
