@@ -37,8 +37,13 @@ def main(cfg: DictConfig) -> float | None:
     outdir = Path(HydraConfig.get().runtime.output_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(resolved), outdir / "config.yaml")
-    log.info("%s on %s (%s engine) → %s", resolved["method"]["name"], resolved["task"]["name"],
-             resolved["engine"]["name"], outdir)
+    log.info(
+        "%s on %s (%s engine) → %s",
+        resolved["method"]["name"],
+        resolved["task"]["name"],
+        resolved["engine"]["name"],
+        outdir,
+    )
     try:
         progress = bool(resolved["output"].get("progress", True))
         rows = run(resolved, outdir, progress, list(HydraConfig.get().overrides.task))

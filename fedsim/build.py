@@ -15,7 +15,7 @@ from typing import Any
 
 from flwr.common import Context
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, unknown
 from fedsim.samplers import Sampler, build_sampler
 from fedsim.tasks.base import Task
 from fedsim.tasks.registry import build_task
@@ -67,7 +67,7 @@ def _check_engine(cfg: Mapping) -> None:
     engine = cfg["engine"]
     name = engine.get("name")
     if name not in ENGINES:
-        raise ConfigError(f"unknown engine {name!r}; valid choices: {', '.join(ENGINES)}")
+        raise unknown("engine", name, ENGINES)
     if cfg.get("device", "cpu") not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', got {cfg.get('device')!r}")
     if cfg.get("device") == "cuda":
@@ -127,7 +127,8 @@ def resolve(cfg: Any) -> dict:
     task = task_of(out)
     if task.num_clients != out["num_clients"]:
         raise ConfigError(
-            f"task {task.name!r} has {task.num_clients} clients but num_clients={out['num_clients']}"
+            f"task {task.name!r} has {task.num_clients} clients "
+            f"but num_clients={out['num_clients']}"
         )
     sampler_of(out, task)  # validates the sampler against the population
     out["method"] = strategy_cls.resolve(method, task)

@@ -124,7 +124,9 @@ def print_summary(summary: dict) -> None:
     for key in ("loss", "gap", "dist_sq", "grad_norm_sq", "accuracy"):
         table.add_row(key, fmt(summary[key]))
     mb = (summary["up_bits"] + summary["down_bits"]) / 8e6
-    table.add_row("traffic", f"{mb:.3f} MB ({fmt(summary['up_floats'] + summary['down_floats'])} floats)")
+    table.add_row(
+        "traffic", f"{mb:.3f} MB ({fmt(summary['up_floats'] + summary['down_floats'])} floats)"
+    )
     table.add_row("grad_evals", fmt(summary["grad_evals"]))
     table.add_row("failures", fmt(summary["failures"]))
     table.add_row("wall_s", fmt(summary["wall_s"]))

@@ -199,7 +199,9 @@ class FedsimStrategy(Strategy):
             return None
         shapes = [a.shape for a in arrays]
         if shapes != self.expected_shapes() or not all(np.all(np.isfinite(a)) for a in arrays):
-            log.warning("client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes)
+            log.warning(
+                "client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes
+            )
             return None
         return Reply(pid, arrays, dict(res.metrics), int(res.num_examples))
 
@@ -235,7 +237,9 @@ class FedsimStrategy(Strategy):
         return float(row["loss"]), metrics
 
 
-def discover(client_manager: ClientManager, num_clients: int, s: RunSettings) -> dict[int, ClientProxy]:
+def discover(
+    client_manager: ClientManager, num_clients: int, s: RunSettings
+) -> dict[int, ClientProxy]:
     """Wait for ``num_clients`` nodes, then ask each for its ``partition-id`` (in parallel)."""
     deadline = time.monotonic() + s.discovery_timeout
     while client_manager.num_available() < num_clients:

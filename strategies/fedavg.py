@@ -49,9 +49,7 @@ def resolve_local(method: Mapping, task: Task) -> dict:
     return out
 
 
-def weighted_displacement(
-    replies: list[Reply], cohort: Cohort, weights: np.ndarray
-) -> np.ndarray:
+def weighted_displacement(replies: list[Reply], cohort: Cohort, weights: np.ndarray) -> np.ndarray:
     """``Σ_{m∈S} a_m w_m Δ_m`` over the replies (partition-id order)."""
     scale = dict(zip(cohort.ids.tolist(), cohort.scale.tolist(), strict=True))
     total = np.zeros_like(replies[0].arrays[0]) if replies else None

@@ -13,9 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def fedsim(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "fedsim", f"hydra.run.dir={tmp_path}", "output.progress=false",
-         *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            f"hydra.run.dir={tmp_path}",
+            "output.progress=false",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

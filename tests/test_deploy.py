@@ -8,8 +8,15 @@ from fedsim.engines.deployment import LocalFederation, submit
 from fedsim.metrics import read_metrics
 from fedsim.runner import run_overrides
 
-OVERRIDES = ["method=fedavg", "task=logreg_synthetic", "num_clients=2", "num_rounds=2",
-             "sampler=full", "task.samples_per_client=30", "engine=deployment"]
+OVERRIDES = [
+    "method=fedavg",
+    "task=logreg_synthetic",
+    "num_clients=2",
+    "num_rounds=2",
+    "sampler=full",
+    "task.samples_per_client=30",
+    "engine=deployment",
+]
 
 
 def alive(pid: int) -> bool:
@@ -26,8 +33,9 @@ def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
     fed.start()
     try:
         assert len(fed.pids) == 3 and all(alive(p) for p in fed.pids)
-        record = submit(OVERRIDES, str(tmp_path / "run"), fed.address, home=fed.home,
-                        run_timeout=300)
+        record = submit(
+            OVERRIDES, str(tmp_path / "run"), fed.address, home=fed.home, run_timeout=300
+        )
         assert record["status"] == "finished:completed"
     finally:
         fed.stop()

@@ -4,9 +4,18 @@ import numpy as np
 
 from fedsim.runner import run
 
-COMMON = ("method=fedavg", "task=logreg_synthetic", "num_clients=6", "task.samples_per_client=40",
-          "sampler=uniform", "sampler.cohort_size=3", "method.local_solver=rr",
-          "method.batch_size=8", "num_rounds=4", "seed=3")
+COMMON = (
+    "method=fedavg",
+    "task=logreg_synthetic",
+    "num_clients=6",
+    "task.samples_per_client=40",
+    "sampler=uniform",
+    "sampler.cohort_size=3",
+    "method.local_solver=rr",
+    "method.batch_size=8",
+    "num_rounds=4",
+    "seed=3",
+)
 
 
 def test_inline_and_ray_give_identical_losses(compose, tmp_path):

@@ -12,9 +12,17 @@ INLINE = ("engine=inline", "method=fedavg")
 
 
 def test_one_local_gd_step_is_gradient_descent_and_converges_linearly(compose):
-    cfg = compose(*INLINE, "task=logreg_synthetic", "partition=natural", "sampler=full",
-                  "num_clients=10", "method.local_solver=gd", "method.local_steps=1",
-                  "num_rounds=600", "eval_every=50")
+    cfg = compose(
+        *INLINE,
+        "task=logreg_synthetic",
+        "partition=natural",
+        "sampler=full",
+        "num_clients=10",
+        "method.local_solver=gd",
+        "method.local_steps=1",
+        "num_rounds=600",
+        "eval_every=50",
+    )
     rows = run(cfg, None)
     task = task_of(cfg)
     # The same iterates by a plain gradient-descent loop on f = Σ w_m f_m.
@@ -44,9 +52,18 @@ def fedavg_fixed_point(task, gamma: float, steps: int) -> np.ndarray:
 
 
 def test_heterogeneous_local_steps_stall_at_the_predicted_plateau(compose):
-    cfg = compose(*INLINE, "task=quadratic", "partition=natural", "sampler=full",
-                  "num_clients=10", "task.heterogeneity=3.0", "method.local_solver=gd",
-                  "method.local_steps=10", "num_rounds=3000", "eval_every=100")
+    cfg = compose(
+        *INLINE,
+        "task=quadratic",
+        "partition=natural",
+        "sampler=full",
+        "num_clients=10",
+        "task.heterogeneity=3.0",
+        "method.local_solver=gd",
+        "method.local_steps=10",
+        "num_rounds=3000",
+        "eval_every=100",
+    )
     rows = run(cfg, None)
     task = task_of(cfg)
     x_star, _ = task.optimum()
@@ -56,16 +73,32 @@ def test_heterogeneous_local_steps_stall_at_the_predicted_plateau(compose):
     assert rows[-1]["dist_sq"] == pytest.approx(plateau, rel=1e-6)
     assert rows[-1]["dist_sq"] == pytest.approx(rows[-5]["dist_sq"], rel=1e-6)  # stalled
     # The same run with one local step has no plateau (it is gradient descent).
-    cfg1 = compose(*INLINE, "task=quadratic", "partition=natural", "sampler=full",
-                   "num_clients=10", "task.heterogeneity=3.0", "method.local_steps=1",
-                   "num_rounds=3000", "eval_every=3000")
+    cfg1 = compose(
+        *INLINE,
+        "task=quadratic",
+        "partition=natural",
+        "sampler=full",
+        "num_clients=10",
+        "task.heterogeneity=3.0",
+        "method.local_steps=1",
+        "num_rounds=3000",
+        "eval_every=3000",
+    )
     assert run(cfg1, None)[-1]["dist_sq"] < 1e-6 * plateau
 
 
 def test_traffic_and_gradient_accounting(compose):
-    cfg = compose(*INLINE, "task=logreg_synthetic", "sampler=uniform", "sampler.cohort_size=4",
-                  "num_clients=8", "task.samples_per_client=30", "method.local_steps=3",
-                  "num_rounds=4", "eval_every=2")
+    cfg = compose(
+        *INLINE,
+        "task=logreg_synthetic",
+        "sampler=uniform",
+        "sampler.cohort_size=4",
+        "num_clients=8",
+        "task.samples_per_client=30",
+        "method.local_steps=3",
+        "num_rounds=4",
+        "eval_every=2",
+    )
     rows = run(cfg, None)
     d = task_of(cfg).dim
     from flwr.common import ndarrays_to_parameters
@@ -94,15 +127,28 @@ def test_crashing_client_is_a_counted_failure(compose, monkeypatch):
     assert [r["failures"] for r in rows[1:]] == [2, 2, 2]
     assert [r["clients"] for r in rows[1:]] == [4, 4, 4]
     assert rows[-1]["loss"] < rows[0]["loss"]  # the round proceeded without them
-    strict = compose(*INLINE, "sampler=full", "num_clients=6", "num_rounds=10",
-                     "max_failure_fraction=0.1", "max_failed_rounds=2")
+    strict = compose(
+        *INLINE,
+        "sampler=full",
+        "num_clients=6",
+        "num_rounds=10",
+        "max_failure_fraction=0.1",
+        "max_failed_rounds=2",
+    )
     with pytest.raises(RunAborted, match="2 consecutive rounds failed"):
         run(strict, None)
 
 
 def test_same_seed_same_run_other_seed_other_run(compose):
-    base = (*INLINE, "sampler=uniform", "sampler.cohort_size=3", "num_clients=6",
-            "method.local_solver=rr", "method.batch_size=8", "num_rounds=5")
+    base = (
+        *INLINE,
+        "sampler=uniform",
+        "sampler.cohort_size=3",
+        "num_clients=6",
+        "method.local_solver=rr",
+        "method.batch_size=8",
+        "num_rounds=5",
+    )
     a = run(compose(*base, "seed=4"), None)
     b = run(compose(*base, "seed=4"), None)
     c = run(compose(*base, "seed=5"), None)

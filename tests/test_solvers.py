@@ -59,13 +59,36 @@ def test_rr_uses_a_new_permutation_each_epoch(obj):
 
 def test_so_reuses_its_order_and_sgd_counts_batches(obj):
     order = np.array([6, 5, 4, 3, 2, 1, 0])
-    a = local_solve(obj, np.zeros(3), solver="so", lr=0.05, rng=np.random.default_rng(1),
-                    local_epochs=2, batch_size=2, fixed_order=order)
-    b = local_solve(obj, np.zeros(3), solver="so", lr=0.05, rng=np.random.default_rng(2),
-                    local_epochs=2, batch_size=2, fixed_order=order)
+    a = local_solve(
+        obj,
+        np.zeros(3),
+        solver="so",
+        lr=0.05,
+        rng=np.random.default_rng(1),
+        local_epochs=2,
+        batch_size=2,
+        fixed_order=order,
+    )
+    b = local_solve(
+        obj,
+        np.zeros(3),
+        solver="so",
+        lr=0.05,
+        rng=np.random.default_rng(2),
+        local_epochs=2,
+        batch_size=2,
+        fixed_order=order,
+    )
     np.testing.assert_array_equal(a.y, b.y)  # no randomness beyond the fixed order
-    s = local_solve(obj, np.zeros(3), solver="sgd", lr=0.05, rng=np.random.default_rng(1),
-                    local_steps=5, batch_size=2)
+    s = local_solve(
+        obj,
+        np.zeros(3),
+        solver="sgd",
+        lr=0.05,
+        rng=np.random.default_rng(1),
+        local_steps=5,
+        batch_size=2,
+    )
     assert s.grad_evals == 10
     with pytest.raises(ValueError, match="valid choices"):
         local_solve(obj, np.zeros(3), solver="adam", lr=0.1, rng=np.random.default_rng(0))

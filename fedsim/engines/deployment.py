@@ -74,30 +74,51 @@ class LocalFederation:
         log = (self.logdir / log_name).open("w")
         self.procs.append(
             subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=_env(self.home),
-                start_new_session=True, cwd=self.logdir,
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(self.home),
+                start_new_session=True,
+                cwd=self.logdir,
             )
         )
 
     def start(self, timeout: float = 60.0) -> LocalFederation:
         for port in [self.port] + [self.supernode_port + i for i in range(self.num_nodes)]:
             if _wait_port(port, 0):
-                raise ConfigError(f"port {port} on 127.0.0.1 is in use; choose another "
-                                  "engine.port / engine.supernode_port")
+                raise ConfigError(
+                    f"port {port} on 127.0.0.1 is in use; choose another "
+                    "engine.port / engine.supernode_port"
+                )
         self._spawn(
-            [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-             str(self.port), "--disable-runtime-dependency-installation"],
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
             "superlink.log",
         )
         if not _wait_port(self.port, timeout):
             self.stop()
-            raise RuntimeError(f"the SuperLink did not open port {self.port}; see "
-                               f"{self.logdir / 'superlink.log'}")
+            raise RuntimeError(
+                f"the SuperLink did not open port {self.port}; see {self.logdir / 'superlink.log'}"
+            )
         for i in range(self.num_nodes):
             self._spawn(
-                [str(BIN / "flower-supernode"), "--insecure", "--superlink", self.address,
-                 "--port", str(self.supernode_port + i), "--node-config",
-                 f"partition-id={i} num-partitions={self.num_nodes}"],
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    self.address,
+                    "--port",
+                    str(self.supernode_port + i),
+                    "--node-config",
+                    f"partition-id={i} num-partitions={self.num_nodes}",
+                ],
                 f"supernode-{i}.log",
             )
         return self
@@ -129,8 +150,12 @@ class LocalFederation:
 
 def _flwr(args: Sequence[str], home: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "flwr"), *args], env=_env(home), capture_output=True, text=True,
-        timeout=timeout, cwd=PROJECT,
+        [str(BIN / "flwr"), *args],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT,
     )
 
 
@@ -139,8 +164,12 @@ def _toml_string(value: str) -> str:
 
 
 def submit(
-    overrides: Sequence[str], outdir: str, superlink: str, insecure: bool = True,
-    run_timeout: float = 3600.0, home: Path | None = None,
+    overrides: Sequence[str],
+    outdir: str,
+    superlink: str,
+    insecure: bool = True,
+    run_timeout: float = 3600.0,
+    home: Path | None = None,
 ) -> dict:
     """``flwr run`` the project against ``superlink`` and wait for the run to finish.
 
@@ -154,8 +183,9 @@ def submit(
     )
     joined = " ".join(shlex.quote(o) for o in overrides)
     run_config = f"overrides={_toml_string(joined)} outdir={_toml_string(str(outdir))}"
-    out = _flwr(["run", str(PROJECT), "fedsim", "--format", "json", "--run-config", run_config],
-                home)
+    out = _flwr(
+        ["run", str(PROJECT), "fedsim", "--format", "json", "--run-config", run_config], home
+    )
     try:
         run_id = json.loads(out.stdout)["run-id"]
     except (ValueError, KeyError) as err:
@@ -178,8 +208,9 @@ def submit(
     (Path(outdir) / "serverapp.log").write_text(logs.stdout + logs.stderr)
     if record.get("status") != "finished:completed":
         tail = "\n".join((logs.stdout + logs.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(f"run {run_id} ended {record.get('status')}: "
-                           f"{record.get('status-details', '')}\n{tail}")
+        raise RuntimeError(
+            f"run {run_id} ended {record.get('status')}: {record.get('status-details', '')}\n{tail}"
+        )
     return record
 
 
@@ -187,15 +218,22 @@ def run_deployment(cfg: Mapping, outdir: str, overrides: Sequence[str]) -> None:
     """Run ``overrides`` (the user's Hydra overrides) as a Flower deployment (module docstring)."""
     engine = cfg["engine"]
     if not (PROJECT / "pyproject.toml").exists():
-        raise ConfigError(f"engine=deployment runs `flwr run` on the fedsim project; "
-                          f"{PROJECT / 'pyproject.toml'} is missing")
+        raise ConfigError(
+            f"engine=deployment runs `flwr run` on the fedsim project; "
+            f"{PROJECT / 'pyproject.toml'} is missing"
+        )
     Path(outdir).mkdir(parents=True, exist_ok=True)
     timeout = float(engine.get("run_timeout", 3600))
     if engine.get("superlink"):
-        submit(overrides, outdir, str(engine["superlink"]), bool(engine.get("insecure", True)),
-               timeout)
+        submit(
+            overrides, outdir, str(engine["superlink"]), bool(engine.get("insecure", True)), timeout
+        )
         return
-    fed = LocalFederation(cfg["num_clients"], int(engine["port"]), int(engine["supernode_port"]),
-                          Path(outdir) / "deploy-logs")
+    fed = LocalFederation(
+        cfg["num_clients"],
+        int(engine["port"]),
+        int(engine["supernode_port"]),
+        Path(outdir) / "deploy-logs",
+    )
     with fed:
         submit(overrides, outdir, fed.address, True, timeout, home=fed.home)

@@ -24,8 +24,8 @@ from flwr.common import (
     GetParametersRes,
     GetPropertiesIns,
     GetPropertiesRes,
-    RecordDict,
     ReconnectIns,
+    RecordDict,
 )
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -113,4 +113,6 @@ def run_inline(server_fn: Callable, client_fn: Callable, num_nodes: int, seed: i
     """Run a bound ServerApp/ClientApp pair's functions in this process."""
     components = server_fn(Context(0, 0, {}, RecordDict(), {}))
     server = components.server
-    run_rounds(server.strategy, make_nodes(client_fn, num_nodes, seed), components.config.num_rounds)
+    run_rounds(
+        server.strategy, make_nodes(client_fn, num_nodes, seed), components.config.num_rounds
+    )
