@@ -23,6 +23,9 @@ def quiet_flower(level: int = logging.WARNING) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     flwr_log = logging.getLogger("flwr")
     flwr_log.handlers.clear()
+    flwr_log.filters.clear()
+    # fedsim's ray engine is built on run_simulation on purpose (DESIGN §3); its notice is noise.
+    flwr_log.addFilter(lambda record: "run_simulation" not in str(record.msg))
     flwr_log.propagate = True
     flwr_log.setLevel(level)
 
