@@ -25,7 +25,8 @@ def quiet_flower(level: int = logging.WARNING) -> None:
     flwr_log.handlers.clear()
     flwr_log.filters.clear()
     # fedsim's ray engine is built on run_simulation on purpose (DESIGN §3); its notice is noise.
-    flwr_log.addFilter(lambda record: "run_simulation" not in str(record.msg))
+    flwr_log.addFilter(lambda record: "`run_simulation`" not in record.getMessage())
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's in-memory state, at start
     flwr_log.propagate = True
     flwr_log.setLevel(level)
 
