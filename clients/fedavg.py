@@ -45,7 +45,7 @@ class FedAvgClient(FedsimClient):
             x,
             solver=m["local_solver"],
             lr=float(m["client_lr"]),
-            rng=self.rng(rnd, "local-solver"),
+            rng=self.rng(rnd, "local-solver") if m["local_solver"] in ("sgd", "rr") else None,
             local_steps=int(m["local_steps"]),
             local_epochs=int(m["local_epochs"]),
             batch_size=int(m["batch_size"]),

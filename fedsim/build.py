@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from flwr.client import Client, NumPyClient
 from flwr.common import Context
 
 from fedsim.errors import ConfigError, unknown
@@ -142,11 +143,21 @@ def build_strategy(cfg: Mapping, settings: Any) -> Any:
     return cls.from_config(cfg["method"], task, sampler_of(cfg, task), settings)
 
 
-def build_client(cfg: Mapping, context: Context) -> Any:
-    """The method's NumPyClient for the node whose ``context`` is given, as a Flower Client."""
-    pid = int(context.node_config["partition-id"])
+def client_factory(cfg: Mapping) -> Callable[[Context], NumPyClient]:
+    """``context ↦`` the method's NumPyClient for that node (task and class looked up once)."""
     task = task_of(cfg)
-    if not 0 <= pid < task.num_clients:
-        raise ConfigError(f"partition-id {pid} outside [0, {task.num_clients})")
     cls = _class(cfg["method"]["client"], "client")
-    return cls.from_config(cfg["method"], task, pid, cfg["seed"], context).to_client()
+    method, seed = cfg["method"], cfg["seed"]
+
+    def make(context: Context) -> NumPyClient:
+        pid = int(context.node_config["partition-id"])
+        if not 0 <= pid < task.num_clients:
+            raise ConfigError(f"partition-id {pid} outside [0, {task.num_clients})")
+        return cls.from_config(method, task, pid, seed, context)
+
+    return make
+
+
+def build_client(cfg: Mapping, context: Context) -> Client:
+    """The method's NumPyClient for the node whose ``context`` is given, as a Flower Client."""
+    return client_factory(cfg)(context).to_client()

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from flwr.common import Parameters
 
 from fedsim.tasks.base import Task
 
@@ -36,11 +35,6 @@ COLUMNS = (
     "failures",
 )
 TRAFFIC = ("clients", "up_bits", "down_bits", "up_floats", "down_floats", "grad_evals", "failures")
-
-
-def wire_bits(parameters: Parameters) -> int:
-    """Bits of the serialized arrays that cross the wire: ``8 · Σ len(tensor bytes)``."""
-    return 8 * sum(len(t) for t in parameters.tensors)
 
 
 def evaluate(task: Task, x: np.ndarray) -> dict[str, float | None]:

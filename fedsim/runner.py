@@ -46,12 +46,12 @@ def run(
     engine = cfg["engine"]["name"]
     if engine == "inline":
         from fedsim.app import server_fn
-        from fedsim.build import build_client
+        from fedsim.build import client_factory
         from fedsim.engines.inline import make_nodes, run_rounds
 
         components = server_fn(cfg, outdir, progress, None)
         strategy = components.server.strategy
-        nodes = make_nodes(lambda ctx: build_client(cfg, ctx), cfg["num_clients"], cfg["seed"])
+        nodes = make_nodes(client_factory(cfg), cfg["num_clients"], cfg["seed"])
         run_rounds(strategy, nodes, cfg["num_rounds"])
         return strategy.recorder.rows
     if outdir is None:

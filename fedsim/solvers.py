@@ -41,7 +41,7 @@ def local_solve(
     *,
     solver: str,
     lr: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     local_steps: int = 1,
     local_epochs: int = 1,
     batch_size: int = 1,
@@ -49,7 +49,8 @@ def local_solve(
 ) -> LocalRun:
     """Run ``solver`` from ``x`` with stepsize ``lr``; see the module docstring for the rules.
 
-    ``fixed_order`` is the shuffle-once permutation (required for ``so``).
+    ``rng`` drives ``sgd`` and ``rr`` (the others may pass None); ``fixed_order`` is the
+    shuffle-once permutation (required for ``so``).
     """
     y = np.array(x, dtype=float, copy=True)
     n = objective.num_samples

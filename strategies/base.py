@@ -33,16 +33,15 @@ from flwr.common import (
     GetPropertiesIns,
     Parameters,
     Scalar,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedsim.metrics import MetricsRecorder, evaluate, wire_bits
+from fedsim.metrics import MetricsRecorder, evaluate
 from fedsim.samplers import Cohort, Sampler
 from fedsim.tasks.base import Task
+from fedsim.wire import decode, encode, wire_bits
 
 log = logging.getLogger("fedsim")
 
@@ -116,7 +115,7 @@ class FedsimStrategy(Strategy):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.settings.num_rounds, desc="rounds", unit="rnd")
-        return ndarrays_to_parameters([self.x])
+        return encode([self.x])
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -127,15 +126,16 @@ class FedsimStrategy(Strategy):
         self._cohort = cohort
         out = []
         down_bits = down_floats = 0
-        shared: dict[int, Parameters] = {}
+        # Clients that receive the very same arrays share one encoding: (params, bits, floats).
+        shared: dict[int, tuple[Parameters, int, int]] = {}
         for pid, (arrays, config) in self.fit_config(server_round, cohort).items():
-            # Clients that receive the very same arrays share one serialization.
-            key = id(arrays)
-            params = shared.get(key)
-            if params is None:
-                params = shared[key] = ndarrays_to_parameters(arrays)
-            down_bits += wire_bits(params)
-            down_floats += self.down_floats(arrays)
+            entry = shared.get(id(arrays))
+            if entry is None:
+                params = encode(arrays)
+                entry = shared[id(arrays)] = (params, wire_bits(params), self.down_floats(arrays))
+            params = entry[0]
+            down_bits += entry[1]
+            down_floats += entry[2]
             config = {"round": server_round, **config}
             out.append((self._proxies[pid], FitIns(params, config)))
         self.recorder.add(down_bits=down_bits, down_floats=down_floats)
@@ -187,18 +187,18 @@ class FedsimStrategy(Strategy):
             return None, {"failures": n_failed}
         self._failed_rounds = 0
         self.apply(server_round, cohort, replies)
-        return ndarrays_to_parameters([self.x]), {"failures": n_failed}
+        return encode([self.x]), {"failures": n_failed}
 
     def _check(self, res: FitRes) -> Reply | None:
         """A valid reply, or None for garbage (wrong shapes, non-finite values, no pid)."""
         try:
-            arrays = parameters_to_ndarrays(res.parameters)
+            arrays = decode(res.parameters)
             pid = int(res.metrics["pid"])
         except Exception:  # noqa: BLE001 - anything unreadable is a failure
             log.warning("a client sent an unreadable reply; counted as a failure")
             return None
         shapes = [a.shape for a in arrays]
-        if shapes != self.expected_shapes() or not all(np.all(np.isfinite(a)) for a in arrays):
+        if shapes != self.expected_shapes() or not all(np.isfinite(a).all() for a in arrays):
             log.warning(
                 "client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes
             )

@@ -1,9 +1,12 @@
 """The inline engine: the strategy's Flower hooks driven in this process.
 
 The loop is Flower's legacy ``Server.fit`` without its thread pool: ``initialize_parameters``,
-then per round ``configure_fit`` → ``Client.fit`` for each instruction → ``aggregate_fit`` →
-``evaluate``. Client proxies call ``client_fn(context)`` directly and keep one ``Context`` per
-node, as Flower's SuperNodes do, so the very same NumPyClient code and state handling run.
+then per round ``configure_fit`` → each client's ``fit`` → ``aggregate_fit`` → ``evaluate``.
+Each node keeps one ``Context``, as a SuperNode does, and its NumPyClient is built anew from
+``make_client(context)`` for every message, so client code and state handling are those of the
+other engines. What Flower's NumPyClient wrapper would add in a real deployment is reduced to its
+checks: arrays are handed over in process (:mod:`fedsim.wire`), with the bits that Flower's
+encoding would have sent still counted.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flwr.client import Client
+from flwr.client import NumPyClient
 from flwr.common import (
     Code,
     Context,
@@ -26,46 +29,61 @@ from flwr.common import (
     GetPropertiesRes,
     ReconnectIns,
     RecordDict,
+    Status,
 )
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fedsim.rng import int_seed
+from fedsim.wire import decode, encode, local
 
 log = logging.getLogger("fedsim")
+OK = Status(code=Code.OK, message="Success")
 
 
 class InlineClientProxy(ClientProxy):
-    """A node in this process: builds its client from ``client_fn`` for every message."""
+    """A node in this process; builds its NumPyClient from ``make_client`` for every message."""
 
-    def __init__(self, node_id: int, client_fn: Callable[[Context], Client], context: Context):
+    def __init__(
+        self, node_id: int, make_client: Callable[[Context], NumPyClient], context: Context
+    ) -> None:
         super().__init__(str(node_id))
         self.node_id = node_id
-        self.client_fn = client_fn
+        self.make_client = make_client
         self.context = context
 
-    def _client(self) -> Client:
-        return self.client_fn(self.context)
-
     def get_properties(self, ins: GetPropertiesIns, timeout, group_id) -> GetPropertiesRes:
-        return self._client().get_properties(ins)
+        props = self.make_client(self.context).get_properties(ins.config)
+        return GetPropertiesRes(status=OK, properties=props)
 
     def get_parameters(self, ins: GetParametersIns, timeout, group_id) -> GetParametersRes:
-        return self._client().get_parameters(ins)
+        arrays = self.make_client(self.context).get_parameters(ins.config)
+        return GetParametersRes(status=OK, parameters=encode(arrays))
 
     def fit(self, ins: FitIns, timeout, group_id) -> FitRes:
-        return self._client().fit(ins)
+        out = self.make_client(self.context).fit(decode(ins.parameters, copy=True), ins.config)
+        if not (
+            len(out) == 3
+            and isinstance(out[0], list)
+            and isinstance(out[1], int)
+            and isinstance(out[2], dict)
+        ):
+            raise TypeError("NumPyClient.fit must return (list of arrays, int, dict)")
+        return FitRes(status=OK, parameters=local(out[0]), num_examples=out[1], metrics=out[2])
 
     def evaluate(self, ins: EvaluateIns, timeout, group_id) -> EvaluateRes:
-        return self._client().evaluate(ins)
+        loss, n, metrics = self.make_client(self.context).evaluate(
+            decode(ins.parameters, copy=True), ins.config
+        )
+        return EvaluateRes(status=OK, loss=float(loss), num_examples=n, metrics=metrics)
 
     def reconnect(self, ins: ReconnectIns, timeout, group_id) -> DisconnectRes:
         return DisconnectRes(reason="")
 
 
 def make_nodes(
-    client_fn: Callable[[Context], Client], num_nodes: int, seed: int
+    make_client: Callable[[Context], NumPyClient], num_nodes: int, seed: int
 ) -> SimpleClientManager:
     """``num_nodes`` in-process nodes with random node ids and ``partition-id`` node configs."""
     manager = SimpleClientManager()
@@ -78,7 +96,7 @@ def make_nodes(
             state=RecordDict(),
             run_config={},
         )
-        manager.register(InlineClientProxy(node_id, client_fn, context))
+        manager.register(InlineClientProxy(node_id, make_client, context))
     return manager
 
 
@@ -99,20 +117,8 @@ def run_rounds(strategy: Strategy, manager: SimpleClientManager, num_rounds: int
                 log.warning("client %s raised in fit: %r", proxy.cid, err)
                 failures.append(err)
                 continue
-            if res.status.code == Code.OK:
-                results.append((proxy, res))
-            else:
-                failures.append((proxy, res))
+            results.append((proxy, res))
         new, _ = strategy.aggregate_fit(rnd, results, failures)
         if new is not None:
             parameters = new
         strategy.evaluate(rnd, parameters)
-
-
-def run_inline(server_fn: Callable, client_fn: Callable, num_nodes: int, seed: int) -> None:
-    """Run a bound ServerApp/ClientApp pair's functions in this process."""
-    components = server_fn(Context(0, 0, {}, RecordDict(), {}))
-    server = components.server
-    run_rounds(
-        server.strategy, make_nodes(client_fn, num_nodes, seed), components.config.num_rounds
-    )
