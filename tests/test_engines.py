@@ -27,3 +27,11 @@ def test_inline_and_ray_give_identical_losses(compose, tmp_path):
         b = np.array([r[column] for r in ray], dtype=float)
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
     assert (tmp_path / "ray" / "metrics.csv").exists()
+
+    # A client whose update depends on context.state: both engines keep one state per node.
+    stateful = (*COMMON, "method.client=tests.stateful_client.DampedClient")
+    inline_s = run(compose(*stateful, "engine=inline"), tmp_path / "inline-state")
+    ray_s = run(compose(*stateful, "engine=ray", "engine.round_timeout=120"), tmp_path / "ray-s")
+    losses = [r["loss"] for r in inline_s]
+    np.testing.assert_allclose([r["loss"] for r in ray_s], losses, rtol=1e-9, atol=0)
+    assert losses[-1] != inline[-1]["loss"]  # the state changed the run
