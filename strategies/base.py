@@ -64,7 +64,7 @@ class RunSettings:
     discovery_timeout: float = 120.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
     """One client's valid reply: its arrays and its metrics, keyed by partition id."""
 
@@ -152,14 +152,16 @@ class FedsimStrategy(Strategy):
         replies: list[Reply] = []
         up_bits = up_floats = evals = 0
         n_failed = len(failures)
+        shapes = self.expected_shapes()
         for _, res in results:
             up_bits += wire_bits(res.parameters)
-            reply = self._check(res)
+            reply = self._check(res, shapes)
             if reply is None:
                 n_failed += 1
                 continue
             replies.append(reply)
-            up_floats += int(reply.metrics.get("up_floats", sum(a.size for a in reply.arrays)))
+            floats = reply.metrics.get("up_floats")
+            up_floats += int(floats) if floats is not None else sum(a.size for a in reply.arrays)
             evals += int(reply.metrics.get("grad_evals", 0))
         n_failed += len(cohort.ids) - len(results) - len(failures)  # never answered
         replies.sort(key=lambda r: r.pid)
@@ -189,7 +191,7 @@ class FedsimStrategy(Strategy):
         self.apply(server_round, cohort, replies)
         return encode([self.x]), {"failures": n_failed}
 
-    def _check(self, res: FitRes) -> Reply | None:
+    def _check(self, res: FitRes, expected: list[tuple[int, ...]]) -> Reply | None:
         """A valid reply, or None for garbage (wrong shapes, non-finite values, no pid)."""
         try:
             arrays = decode(res.parameters)
@@ -198,12 +200,12 @@ class FedsimStrategy(Strategy):
             log.warning("a client sent an unreadable reply; counted as a failure")
             return None
         shapes = [a.shape for a in arrays]
-        if shapes != self.expected_shapes() or not all(np.isfinite(a).all() for a in arrays):
+        if shapes != expected or not all(np.isfinite(a).all() for a in arrays):
             log.warning(
                 "client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes
             )
             return None
-        return Reply(pid, arrays, dict(res.metrics), int(res.num_examples))
+        return Reply(pid, arrays, res.metrics, int(res.num_examples))
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

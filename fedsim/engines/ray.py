@@ -1,8 +1,9 @@
 """The ray engine: Flower's Simulation Engine (``flwr.simulation.run_simulation``) on Ray.
 
 One virtual SuperNode per partition id; Ray runs one actor per ``client_resources.num_cpus``
-CPUs. Ray stays up between runs of one process (a Hydra sweep starts it once). Flower rewrites
-``PYTHONPATH`` on every start; it is restored afterwards.
+CPUs. Flower 1.42 starts Ray for every run and shuts it down at the end (so each job of a Hydra
+sweep pays Ray's start-up, 8–11 s here: sweep many cheap runs with ``engine=inline``). Flower
+rewrites ``PYTHONPATH`` on every start; it is restored afterwards.
 """
 
 from __future__ import annotations
