@@ -51,5 +51,5 @@ class FedAvgClient(FedsimClient):
             batch_size=int(m["batch_size"]),
             fixed_order=fixed,
         )
-        metrics: dict[str, Scalar] = {"pid": self.pid, "grad_evals": run.grad_evals}
+        metrics: dict[str, Scalar] = {"grad_evals": run.grad_evals}
         return [x - run.y], self.objective.num_samples, metrics

@@ -86,6 +86,7 @@ class FedsimStrategy(Strategy):
         path = Path(settings.outdir) / "metrics.csv" if settings.outdir else None
         self.recorder = MetricsRecorder(path)
         self._proxies: dict[int, ClientProxy] = {}
+        self._pid_of: dict[str, int] = {}  # proxy cid -> partition id
         self._cohort: Cohort | None = None
         self._failed_rounds = 0
         self._bar = None
@@ -122,6 +123,7 @@ class FedsimStrategy(Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         if not self._proxies:
             self._proxies = discover(client_manager, self.task.num_clients, self.settings)
+            self._pid_of = {proxy.cid: pid for pid, proxy in self._proxies.items()}
         cohort = self.sampler.sample(server_round)
         self._cohort = cohort
         out = []
@@ -153,9 +155,10 @@ class FedsimStrategy(Strategy):
         up_bits = up_floats = evals = 0
         n_failed = len(failures)
         shapes = self.expected_shapes()
-        for _, res in results:
+        sampled = set(cohort.ids.tolist())
+        for proxy, res in results:
             up_bits += wire_bits(res.parameters)
-            reply = self._check(res, shapes)
+            reply = self._check(self._pid_of.get(proxy.cid, -1), res, shapes, sampled)
             if reply is None:
                 n_failed += 1
                 continue
@@ -191,13 +194,19 @@ class FedsimStrategy(Strategy):
         self.apply(server_round, cohort, replies)
         return encode([self.x]), {"failures": n_failed}
 
-    def _check(self, res: FitRes, expected: list[tuple[int, ...]]) -> Reply | None:
-        """A valid reply, or None for garbage (wrong shapes, non-finite values, no pid)."""
+    def _check(
+        self, pid: int, res: FitRes, expected: list[tuple[int, ...]], sampled: set[int]
+    ) -> Reply | None:
+        """A valid reply of client ``pid`` (known from the proxy that answered, not from the
+        reply), or None for garbage: unreadable arrays, wrong shapes, non-finite values, or a
+        client that was not sampled this round."""
+        if pid not in sampled:
+            log.warning("a reply came from a node that was not sampled; counted as a failure")
+            return None
         try:
             arrays = decode(res.parameters)
-            pid = int(res.metrics["pid"])
         except Exception:  # noqa: BLE001 - anything unreadable is a failure
-            log.warning("a client sent an unreadable reply; counted as a failure")
+            log.warning("client %d sent an unreadable reply; counted as a failure", pid)
             return None
         shapes = [a.shape for a in arrays]
         if shapes != expected or not all(np.isfinite(a).all() for a in arrays):

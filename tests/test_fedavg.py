@@ -118,7 +118,7 @@ def test_crashing_client_is_a_counted_failure(compose, monkeypatch):
         if self.pid == 0:
             raise RuntimeError("boom")
         if self.pid == 1:
-            return [np.full_like(parameters[0], np.nan)], 1, {"pid": 1}
+            return [np.full_like(parameters[0], np.nan)], 1, {}
         return honest(self, parameters, config)
 
     monkeypatch.setattr(FedAvgClient, "fit", fit)
