@@ -122,12 +122,11 @@ def numpy_loop(cfg: Mapping) -> dict:
     t0 = time.perf_counter()
     for rnd in range(1, rounds + 1):
         cohort = sampler.sample(rnd)
-        total = np.zeros_like(x)
-        for pid, scale in zip(cohort.ids.tolist(), cohort.scale.tolist(), strict=True):
+        deltas = np.empty((len(cohort.ids), x.size))
+        for i, pid in enumerate(cohort.ids.tolist()):
             a, b = data[pid]
-            delta = x - local_gd(a, b, x, lr, l2, steps)
-            total += (scale * weights[pid]) * delta
-        x = x - eta * total
+            deltas[i] = x - local_gd(a, b, x, lr, l2, steps)
+        x = x - eta * ((cohort.scale * weights[cohort.ids]) @ deltas)
         if rnd % cfg["eval_every"] == 0:
             row = evaluate(task, x)
             stamps[rnd] = time.perf_counter() - t0

@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float | None:
 
     quiet_flower()
     try:
-        resolved = resolve(cfg)
+        resolved = resolve(cfg, solve=True)
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -47,7 +47,7 @@ def server_fn(cfg: Mapping, outdir: str | None, progress: bool, context: Context
     """A legacy ``Server`` around the method's strategy, dispatching to the whole cohort at once."""
     strategy = build_strategy(cfg, settings_of(cfg, outdir, progress))
     server = Server(client_manager=SimpleClientManager(), strategy=strategy)
-    server.set_max_workers(max(1, cfg["num_clients"]))
+    server.set_max_workers(strategy.sampler.max_cohort_size)
     config = ServerConfig(num_rounds=cfg["num_rounds"], round_timeout=round_timeout(cfg))
     return ServerAppComponents(server=server, config=config)
 

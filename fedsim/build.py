@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import Context
 
-from fedsim.errors import ConfigError, unknown
+from fedsim.errors import ConfigError, int_at_least, unknown
 from fedsim.samplers import Sampler, build_sampler
 from fedsim.tasks.base import Task
 from fedsim.tasks.registry import build_task
@@ -44,13 +47,6 @@ def to_dict(cfg: Any) -> dict:
     except Exception as err:  # interpolation errors are config errors
         raise ConfigError(f"cannot resolve the config: {err}") from err
     return {k: v for k, v in dict(cfg).items() if k != "hydra"}
-
-
-def _int_at_least(cfg: Mapping, key: str, low: int) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def task_of(cfg: Mapping) -> Task:
@@ -84,33 +80,61 @@ def _check_engine(cfg: Mapping) -> None:
         raise ConfigError(f"engine.client_resources.num_cpus must be > 0, got {cpus!r}")
     if not isinstance(gpus, int | float) or gpus < 0:
         raise ConfigError(f"engine.client_resources.num_gpus must be >= 0, got {gpus!r}")
-    if engine.get("address") is None:  # resources of this machine; a cluster checks its own
-        have = engine.get("num_cpus") or os.cpu_count() or 1
-        if cpus > have:
+    if engine.get("address") is not None:  # a cluster checks its own resources
+        _check_reachable(str(engine["address"]))
+        return
+    have = engine.get("num_cpus") or os.cpu_count() or 1  # resources of this machine
+    if cpus > have:
+        raise ConfigError(
+            f"engine.client_resources.num_cpus={cpus} but this machine offers {have} CPUs"
+        )
+    if gpus > 0:
+        import torch
+
+        if torch.cuda.device_count() == 0:
             raise ConfigError(
-                f"engine.client_resources.num_cpus={cpus} but this machine offers {have} CPUs"
+                f"engine.client_resources.num_gpus={gpus} but this machine has no GPU"
             )
-        if gpus > 0:
-            import torch
-
-            if torch.cuda.device_count() == 0:
-                raise ConfigError(
-                    f"engine.client_resources.num_gpus={gpus} but this machine has no GPU"
-                )
 
 
-def resolve(cfg: Any) -> dict:
-    """Validate a composed config and resolve ``auto`` values (raises :class:`ConfigError`)."""
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A Ray cluster address must answer; otherwise Ray would retry for minutes."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"engine.address must be HOST:PORT (or 'auto'), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(
+            f"no Ray cluster answers at engine.address={address} ({err}); start one with "
+            f"`ray start --head --port={port}` or drop engine.address"
+        ) from err
+
+
+def _absolute_paths(task: dict) -> None:
+    """Data paths become absolute, so every process of every engine reads the same file."""
+    if task.get("path"):
+        task["path"] = str(Path(str(task["path"])).expanduser().resolve())
+
+
+def resolve(cfg: Any, solve: bool = False) -> dict:
+    """Validate a composed config and resolve ``auto`` values (raises :class:`ConfigError`).
+
+    With ``solve`` the task's optimum is computed (and cached) here too, so a solver failure is
+    reported before any engine starts.
+    """
     out = to_dict(cfg)
     for key in ("method", "task", "partition", "sampler", "engine"):
         if not isinstance(out.get(key), Mapping) or "name" not in out[key]:
             raise ConfigError(f"the config has no {key} group (choose one with {key}=NAME)")
-    for key in ("seed",):
-        _int_at_least(out, key, 0)
-    _int_at_least(out, "num_clients", 1)
-    _int_at_least(out, "num_rounds", 1)
-    _int_at_least(out, "eval_every", 1)
-    _int_at_least(out, "max_failed_rounds", 1)
+    int_at_least("seed", out.get("seed"), 0)
+    int_at_least("num_clients", out.get("num_clients"), 1)
+    int_at_least("num_rounds", out.get("num_rounds"), 1)
+    int_at_least("eval_every", out.get("eval_every"), 1)
+    int_at_least("max_failed_rounds", out.get("max_failed_rounds"), 1)
     frac = out.get("max_failure_fraction", 0.5)
     if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac <= 1:
         raise ConfigError(f"max_failure_fraction must lie in [0, 1], got {frac!r}")
@@ -125,6 +149,7 @@ def resolve(cfg: Any) -> dict:
     method = out["method"]
     strategy_cls = _class(str(method.get("strategy")), "strategy")
     _class(str(method.get("client")), "client")
+    _absolute_paths(out["task"])
     task = task_of(out)
     if task.num_clients != out["num_clients"]:
         raise ConfigError(
@@ -133,6 +158,11 @@ def resolve(cfg: Any) -> dict:
         )
     sampler_of(out, task)  # validates the sampler against the population
     out["method"] = strategy_cls.resolve(method, task)
+    if solve:
+        try:
+            task.optimum()
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as err:
+            raise ConfigError(f"cannot compute the optimum of task {task.name!r}: {err}") from err
     return out
 
 

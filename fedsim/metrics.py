@@ -77,7 +77,7 @@ class MetricsRecorder:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.rows: list[dict[str, object]] = []
-        self._pending = dict.fromkeys(TRAFFIC, 0)
+        self._pending: dict[str, int | None] = dict.fromkeys(TRAFFIC, 0)
         self._t0 = time.perf_counter()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,10 +87,12 @@ class MetricsRecorder:
     def restart_clock(self) -> None:
         self._t0 = time.perf_counter()
 
-    def add(self, **amounts: int) -> None:
-        """Add traffic of the current round (keys from :data:`TRAFFIC`)."""
+    def add(self, **amounts: int | None) -> None:
+        """Add traffic of the current round (keys from :data:`TRAFFIC`). ``None`` means unknown:
+        the row's cell stays empty rather than holding a partial sum."""
         for key, value in amounts.items():
-            self._pending[key] += int(value)
+            pending = self._pending[key]
+            self._pending[key] = None if value is None or pending is None else pending + int(value)
 
     def row(self, rnd: int, evaluation: dict[str, float | None]) -> dict[str, object]:
         """Write one row for round ``rnd`` with the traffic accumulated since the last row."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -66,7 +67,13 @@ def run(
         run_deployment(cfg, outdir, [o for o in overrides if not o.startswith("hydra.")])
     path = Path(outdir) / "metrics.csv"
     if not path.exists():
-        raise RuntimeError(f"the {engine} run wrote no metrics ({path} is missing)")
+        where = ""
+        if engine == "deployment" and cfg["engine"].get("superlink"):
+            where = (
+                " — the ServerApp writes it on the SuperLink's machine, so outdir must be "
+                "a folder both machines see (a shared file system)"
+            )
+        raise RuntimeError(f"the {engine} run wrote no metrics ({path} is missing){where}")
     return read_metrics(path)
 
 
@@ -74,14 +81,8 @@ def run_overrides(overrides: Sequence[str], outdir: str | Path | None = None) ->
     """Compose ``conf/`` with ``overrides`` (Hydra syntax), validate, run; return the rows."""
     from fedsim.app import compose
 
-    cfg = compose(" ".join(_quote(o) for o in overrides))
+    cfg = compose(" ".join(shlex.quote(o) for o in overrides))
     return run(cfg, outdir, overrides=list(overrides))
-
-
-def _quote(override: str) -> str:
-    import shlex
-
-    return shlex.quote(override)
 
 
 def summarize(cfg: Mapping, rows: list[dict], outdir: Path) -> dict:

@@ -80,15 +80,19 @@ class Cohort:
 
 
 def unbiased_sum(
-    cohort: Cohort, values: np.ndarray, weights: np.ndarray | None = None
+    cohort: Cohort,
+    values: np.ndarray,
+    weights: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Σ_{m∈S} a_m w_m v_m for ``values`` (and ``weights``) aligned with ``ids``.
+    """Σ_{m∈S} a_m w_m v_m: an unbiased estimate of Σ_m w_m v_m over all clients.
 
-    ``values`` has shape ``(len(cohort), ...)``; the result is an unbiased estimate of
-    Σ_m w_m v_m over all clients.
+    ``values`` (and ``weights``) are aligned with ``ids``, a subset of the cohort's ids in the
+    same order (default: all of them; a subset when some clients failed).
     """
     values = np.asarray(values, dtype=np.float64)
-    coef = cohort.scale if weights is None else cohort.scale * np.asarray(weights, dtype=float)
+    scale = cohort.scale if ids is None else cohort.scale[np.searchsorted(cohort.ids, ids)]
+    coef = scale if weights is None else scale * np.asarray(weights, dtype=float)
     return np.tensordot(coef, values, axes=(0, 0))
 
 
@@ -111,6 +115,11 @@ class Sampler(ABC):
     def expected_cohort_size(self) -> float:
         """E|S_t| = Σ_m π_m (distinct clients)."""
         return float(np.sum(self.inclusion_probabilities()))
+
+    @property
+    def max_cohort_size(self) -> int:
+        """The most clients a round can hold (``cohort_size`` where the sampler has one)."""
+        return min(self.num_clients, int(getattr(self, "cohort_size", self.num_clients)))
 
     def _check_round(self, rnd: int) -> int:
         if int(rnd) != rnd or rnd < 1:

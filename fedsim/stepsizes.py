@@ -5,6 +5,8 @@ A user who writes ``method.client_lr=auto`` gets a run that converges without tu
 
 from __future__ import annotations
 
+import math
+
 from fedsim.errors import ConfigError
 from fedsim.tasks.base import Task
 
@@ -18,8 +20,12 @@ def positive_or_auto(name: str, value: object, auto: float) -> float:
             value = float(value)
         except ValueError as err:
             raise ConfigError(f"{name} must be a positive number or 'auto', got {value!r}") from err
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number or 'auto', got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (value > 0 and math.isfinite(value))
+    ):
+        raise ConfigError(f"{name} must be a positive finite number or 'auto', got {value!r}")
     return float(value)
 
 

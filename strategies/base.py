@@ -152,7 +152,8 @@ class FedsimStrategy(Strategy):
         cohort = self._cohort
         assert cohort is not None
         replies: list[Reply] = []
-        up_bits = up_floats = evals = 0
+        up_bits = up_floats = 0
+        evals: int | None = 0
         n_failed = len(failures)
         shapes = self.expected_shapes()
         sampled = set(cohort.ids.tolist())
@@ -165,7 +166,8 @@ class FedsimStrategy(Strategy):
             replies.append(reply)
             floats = reply.metrics.get("up_floats")
             up_floats += int(floats) if floats is not None else sum(a.size for a in reply.arrays)
-            evals += int(reply.metrics.get("grad_evals", 0))
+            done = reply.metrics.get("grad_evals")
+            evals = None if done is None or evals is None else evals + int(done)
         n_failed += len(cohort.ids) - len(results) - len(failures)  # never answered
         replies.sort(key=lambda r: r.pid)
         self.recorder.add(
@@ -175,7 +177,8 @@ class FedsimStrategy(Strategy):
             clients=len(replies),
             failures=n_failed,
         )
-        if n_failed and n_failed > self.settings.max_failure_fraction * len(cohort.ids):
+        too_many = n_failed > self.settings.max_failure_fraction * len(cohort.ids)
+        if n_failed and (too_many or not replies):
             self._failed_rounds += 1
             log.warning(
                 "round %d: %d of %d clients failed; the model is left unchanged",
@@ -267,8 +270,17 @@ def discover(
         return int(res.properties["partition-id"]), proxy
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, len(proxies))) as pool:
-        found = dict(pool.map(ask, proxies))
+        answers = list(pool.map(ask, proxies))
+    found = dict(answers)
+    if len(found) != len(answers):
+        pids = sorted(pid for pid, _ in answers)
+        twice = sorted({p for p in pids if pids.count(p) > 1})
+        raise RunAborted(f"several nodes report the same partition ids {twice[:10]}")
+    unknown = sorted(set(found) - set(range(num_clients)))
     missing = sorted(set(range(num_clients)) - set(found))
-    if missing:
-        raise RunAborted(f"no node reported partition ids {missing[:10]}")
+    if missing or unknown:
+        raise RunAborted(
+            f"the nodes do not match num_clients={num_clients}: missing partition ids "
+            f"{missing[:10]}, unexpected {unknown[:10]}"
+        )
     return found

@@ -17,18 +17,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsim.errors import ConfigError
-from fedsim.samplers import Cohort, Sampler
+from fedsim.errors import ConfigError, int_at_least
+from fedsim.samplers import Cohort, Sampler, unbiased_sum
 from fedsim.solvers import SOLVERS
 from fedsim.stepsizes import local_gd_lr, positive_or_auto
 from fedsim.tasks.base import Task
 from strategies.base import FedsimStrategy, Reply, RunSettings
-
-
-def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def resolve_local(method: Mapping, task: Task) -> dict:
@@ -41,7 +35,7 @@ def resolve_local(method: Mapping, task: Task) -> dict:
     out = dict(method)
     out["local_solver"] = solver
     for key in ("local_steps", "local_epochs", "batch_size"):
-        out[key] = positive_int(f"method.{key}", method.get(key, 1))
+        out[key] = int_at_least(f"method.{key}", method.get(key, 1), 1)
     out["client_lr"] = positive_or_auto(
         "method.client_lr", method.get("client_lr", "auto"), local_gd_lr(task, solver)
     )
@@ -51,11 +45,9 @@ def resolve_local(method: Mapping, task: Task) -> dict:
 
 def weighted_displacement(replies: list[Reply], cohort: Cohort, weights: np.ndarray) -> np.ndarray:
     """``Σ_{m∈S} a_m w_m Δ_m`` over the replies (partition-id order)."""
-    scale = dict(zip(cohort.ids.tolist(), cohort.scale.tolist(), strict=True))
-    total = np.zeros_like(replies[0].arrays[0]) if replies else None
-    for r in replies:
-        total += (scale[r.pid] * weights[r.pid]) * r.arrays[0]
-    return total
+    pids = np.array([r.pid for r in replies], dtype=np.int64)
+    deltas = np.stack([r.arrays[0] for r in replies])
+    return unbiased_sum(cohort, deltas, weights[pids], ids=pids)
 
 
 class FedAvg(FedsimStrategy):

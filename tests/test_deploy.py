@@ -1,6 +1,7 @@
 """Deployment: a SuperLink and two SuperNodes on 127.0.0.1, two rounds of fedavg via flwr run."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -46,3 +47,39 @@ def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
     # The deployed run computes what the inline engine computes for the same overrides.
     inline = run_overrides([*OVERRIDES[:-1], "engine=inline", "output.progress=false"])
     np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in inline], rtol=1e-9)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read() and alive(int(entry)):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeypatch):
+    """``engine=deployment`` as the CLI runs it: its own SuperLink and SuperNodes, a data path
+    relative to where the user stands, and no process left behind."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    overrides = [
+        "method=fedavg",
+        "task=logreg_libsvm",
+        "task.path=../shared/data/a9a",
+        "task.max_samples=400",
+        "partition=iid",
+        "num_clients=2",
+        "num_rounds=2",
+        "sampler=full",
+        "engine=deployment",
+        "engine.port=19093",
+        "engine.supernode_port=19210",
+    ]
+    rows = run_overrides(overrides, tmp_path / "run")
+    assert [r["clients"] for r in rows] == [0, 2, 2]
+    assert rows[-1]["gap"] < rows[0]["gap"]
+    assert processes_mentioning("19093") == []  # the SuperLink and SuperNodes are gone

@@ -49,12 +49,19 @@ def test_rr_uses_a_new_permutation_each_epoch(obj):
         obj, x0, solver="rr", lr=0.05, rng=np.random.default_rng(3), local_epochs=2, batch_size=3
     )
     rng = np.random.default_rng(3)
+    orders = [rng.permutation(7), rng.permutation(7)]
+    assert not np.array_equal(orders[0], orders[1])  # two epochs, two orders
     y = x0.copy()
-    for _ in range(2):
-        for idx in epoch_batches(rng.permutation(7), 3):
+    for order in orders:
+        for idx in epoch_batches(order, 3):
             y = y - 0.05 * obj.grad(y, idx)
     np.testing.assert_allclose(run.y, y, atol=1e-15)
     assert run.grad_evals == 14
+    once = x0.copy()  # the same first order twice (shuffle once) ends elsewhere
+    for _ in range(2):
+        for idx in epoch_batches(orders[0], 3):
+            once = once - 0.05 * obj.grad(once, idx)
+    assert not np.allclose(run.y, once)
 
 
 def test_so_reuses_its_order_and_sgd_counts_batches(obj):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,7 @@ class LocalFederation:
         self.logdir = Path(logdir)
         self.home = Path(tempfile.mkdtemp(prefix="fedsim-flwr-home-"))
         self.procs: list[subprocess.Popen] = []
+        self._logs: list = []
 
     @property
     def address(self) -> str:
@@ -72,6 +74,7 @@ class LocalFederation:
     def _spawn(self, args: list[str], log_name: str) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = (self.logdir / log_name).open("w")
+        self._logs.append(log)
         self.procs.append(
             subprocess.Popen(
                 args,
@@ -140,6 +143,9 @@ class LocalFederation:
                 except ProcessLookupError:
                     pass
                 p.wait(timeout=5)
+        for log in self._logs:
+            log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> LocalFederation:
         return self.start()
@@ -175,8 +181,24 @@ def submit(
 
     Returns the final ``flwr ls`` record; raises RuntimeError when the run fails or times out.
     """
+    own_home = home is None
     home = home or Path(tempfile.mkdtemp(prefix="fedsim-flwr-home-"))
     home.mkdir(parents=True, exist_ok=True)
+    try:
+        return _submit(overrides, outdir, superlink, insecure, run_timeout, home)
+    finally:
+        if own_home:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _submit(
+    overrides: Sequence[str],
+    outdir: str,
+    superlink: str,
+    insecure: bool,
+    run_timeout: float,
+    home: Path,
+) -> dict:
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = "{superlink}"\n'
         f"insecure = {'true' if insecure else 'false'}\n"
@@ -224,6 +246,8 @@ def run_deployment(cfg: Mapping, outdir: str, overrides: Sequence[str]) -> None:
         )
     Path(outdir).mkdir(parents=True, exist_ok=True)
     timeout = float(engine.get("run_timeout", 3600))
+    if cfg["task"].get("path"):  # the apps run elsewhere: they get the file's absolute path
+        overrides = [*overrides, f"task.path={cfg['task']['path']}"]
     if engine.get("superlink"):
         submit(
             overrides, outdir, str(engine["superlink"]), bool(engine.get("insecure", True)), timeout

@@ -61,7 +61,10 @@ def load_libsvm(
         raise ConfigError(f"LIBSVM file not found: {str(path)!r} (resolved to {file}); {DATA_HINT}")
     key = (str(file), file.stat().st_mtime, num_features)
     if key not in _LIBSVM_CACHE:
-        a, y = load_svmlight_file(str(file), n_features=num_features, dtype=np.float64)
+        try:
+            a, y = load_svmlight_file(str(file), n_features=num_features, dtype=np.float64)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{file} is not a LIBSVM file this task can read: {err}") from err
         _LIBSVM_CACHE[key] = (sp.csr_matrix(a), binary_labels(np.asarray(y)))
     a, y = _LIBSVM_CACHE[key]
     if max_samples is not None:

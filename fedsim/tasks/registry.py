@@ -238,6 +238,8 @@ def _build_sklearn(
         raise unknown("task.multiclass", mode, MULTICLASS_MODES)
     parts = partition_indices(labels, num_clients, partition_cfg, seed)
     if classes.shape[0] > 2 and mode == "multinomial":
+        if l2 <= 0:  # softmax is invariant to a shift of all class weights: no unique optimum
+            raise ConfigError("task.multiclass=multinomial needs task.l2 > 0 (a unique optimum)")
         k = int(classes.shape[0])
         make: Callable[[Matrix, np.ndarray], BinaryLogistic | MultinomialLogistic]
         make = lambda a_, y_: MultinomialLogistic(a_, y_, k, l2)  # noqa: E731
