@@ -161,7 +161,7 @@ def resolve(cfg: Any, solve: bool = False) -> dict:
     if solve:
         try:
             task.optimum()
-        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as err:
+        except (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError) as err:
             raise ConfigError(f"cannot compute the optimum of task {task.name!r}: {err}") from err
     return out
 
