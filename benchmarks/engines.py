@@ -192,7 +192,7 @@ def flower_fedavg(cfg: Mapping, cohort: int, rounds: int, max_workers: int | Non
     from flwr.simulation import run_simulation
 
     from fedsim.build import task_of
-    from fedsim.engines.ray import backend_config
+    from fedsim.engines.ray import backend_config, restored_pythonpath
     from fedsim.metrics import evaluate
 
     task = task_of(cfg)
@@ -230,19 +230,13 @@ def flower_fedavg(cfg: Mapping, cohort: int, rounds: int, max_workers: int | Non
     # The client function must reach the Ray workers by reference, not by value.
     module = sys.modules[__name__] if __name__ != "__main__" else _importable_self()
     client_app = ClientApp(client_fn=functools.partial(module._flower_client_fn, dict(cfg)))
-    saved = os.environ.get("PYTHONPATH")
-    try:
+    with restored_pythonpath():
         run_simulation(
             server_app=ServerApp(server_fn=server_fn),
             client_app=client_app,
             num_supernodes=NUM_CLIENTS,
             backend_config=backend_config(cfg["engine"], "cpu"),
         )
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
     if len(stamps) < rounds + 1 or final[-1][0] != rounds:
         raise RuntimeError(f"the Flower run stopped early (rounds stamped: {sorted(stamps)})")
     return {

@@ -187,6 +187,8 @@ class FedsimStrategy(Strategy):
                 len(cohort.ids),
             )
             if self._failed_rounds >= self.settings.max_failed_rounds:
+                if self._bar is not None:
+                    self._bar.close()
                 raise RunAborted(
                     f"{self._failed_rounds} consecutive rounds failed (more than "
                     f"max_failure_fraction={self.settings.max_failure_fraction} of the cohort); "

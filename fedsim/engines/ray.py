@@ -8,9 +8,10 @@ rewrites ``PYTHONPATH`` on every start; it is restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 log = logging.getLogger("fedsim")
 
@@ -32,6 +33,19 @@ def backend_config(engine: Mapping, device: str) -> dict:
     return {"client_resources": resources, "init_args": init}
 
 
+@contextlib.contextmanager
+def restored_pythonpath() -> Iterator[None]:
+    """Put ``PYTHONPATH`` back as it was: Flower's Ray backend extends it on every start."""
+    saved = os.environ.get("PYTHONPATH")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def run_ray(cfg: Mapping, outdir: str | None, progress: bool) -> None:
     """Run one resolved config on Flower's Simulation Engine."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -42,16 +56,10 @@ def run_ray(cfg: Mapping, outdir: str | None, progress: bool) -> None:
     from fedsim.app import bound_apps
 
     server_app, client_app = bound_apps(cfg, outdir, progress)
-    saved = os.environ.get("PYTHONPATH")
-    try:
+    with restored_pythonpath():
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=cfg["num_clients"],
             backend_config=backend_config(cfg["engine"], cfg.get("device", "cpu")),
         )
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
