@@ -78,6 +78,7 @@ def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeyp
         "engine=deployment",
         "engine.port=19093",
         "engine.supernode_port=19210",
+        "engine.run_timeout=300",
     ]
     rows = run_overrides(overrides, tmp_path / "run")
     assert [r["clients"] for r in rows] == [0, 2, 2]
