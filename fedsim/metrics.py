@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.errors import ConfigError
 from fedsim.tasks.base import Task
 
 COLUMNS = (
@@ -107,12 +108,39 @@ class MetricsRecorder:
         return row
 
 
+def read_columns(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a ``metrics.csv`` as float arrays; empty cells become NaN.
+
+    A file that is empty or holds a non-number raises a ConfigError naming the row and column.
+    """
+    path = Path(path)
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ConfigError(f"{path} is empty (no header)")
+    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    data = {h: np.full(len(body), np.nan) for h in header}
+    for i, row in enumerate(body):
+        for h, cell in zip(header, row, strict=False):
+            cell = cell.strip()
+            if not cell:
+                continue
+            try:
+                data[h][i] = float(cell)
+            except ValueError:
+                raise ConfigError(
+                    f"{path}, row {i + 2}, column {h!r}: not a number: {cell!r}"
+                ) from None
+    return data
+
+
 def read_metrics(path: Path) -> list[dict[str, float | None]]:
-    """Read a ``metrics.csv`` back; empty cells become ``None``."""
-    with Path(path).open(newline="") as fh:
-        return [
-            {k: (float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(fh)
-        ]
+    """The rows of a ``metrics.csv``; empty cells become ``None``."""
+    columns = read_columns(path)
+    n = len(next(iter(columns.values()), []))
+    return [
+        {k: (None if np.isnan(v[i]) else float(v[i])) for k, v in columns.items()} for i in range(n)
+    ]
 
 
 def totals(rows: Iterable[dict[str, float | None]]) -> dict[str, float]:

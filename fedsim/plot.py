@@ -16,7 +16,6 @@ Error metrics use a log y-scale. Empty CSV cells mean "not provided" and are nev
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from fedsim.errors import ConfigError
+from fedsim.metrics import read_columns
 
 METRICS_FILE = "metrics.csv"
 ERROR_METRICS = ("gap", "dist_sq", "grad_norm_sq")
@@ -88,28 +88,6 @@ def discover(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def read_metrics(path: Path) -> dict[str, np.ndarray]:
-    """The columns of a metrics CSV as float arrays; empty cells become NaN."""
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        raise ConfigError(f"{path} is empty (no header)")
-    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
-    data = {h: np.full(len(body), np.nan) for h in header}
-    for i, row in enumerate(body):
-        for h, cell in zip(header, row, strict=False):
-            cell = cell.strip()
-            if not cell:
-                continue
-            try:
-                data[h][i] = float(cell)
-            except ValueError:
-                raise ConfigError(
-                    f"{path}, row {i + 2}, column {h!r}: not a number: {cell!r}"
-                ) from None
-    return data
-
-
 def cumulative(data: dict[str, np.ndarray], columns: Sequence[str]) -> np.ndarray:
     """C_t = Σ_{s≤t} Σ_{c∈columns} x_{c,s}, empty cells counting 0.
 
@@ -158,7 +136,7 @@ def load_runs(paths: Iterable[str | Path], label_by: Sequence[str] = ()) -> list
     """Every run at or below ``paths``, with cumulative ``bits`` and ``evals`` columns added."""
     runs = []
     for d in discover(list(paths)):
-        data = read_metrics(d / METRICS_FILE)
+        data = read_columns(d / METRICS_FILE)
         data["bits"] = cumulative(data, ("up_bits", "down_bits"))
         data["evals"] = cumulative(data, ("grad_evals",))
         if not np.isfinite(data.get("round", np.array([np.nan]))).any():

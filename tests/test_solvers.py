@@ -66,26 +66,21 @@ def test_rr_uses_a_new_permutation_each_epoch(obj):
 
 def test_so_reuses_its_order_and_sgd_counts_batches(obj):
     order = np.array([6, 5, 4, 3, 2, 1, 0])
-    a = local_solve(
-        obj,
-        np.zeros(3),
-        solver="so",
-        lr=0.05,
-        rng=np.random.default_rng(1),
-        local_epochs=2,
-        batch_size=2,
-        fixed_order=order,
-    )
-    b = local_solve(
-        obj,
-        np.zeros(3),
-        solver="so",
-        lr=0.05,
-        rng=np.random.default_rng(2),
-        local_epochs=2,
-        batch_size=2,
-        fixed_order=order,
-    )
+
+    def so(seed):
+        rng = np.random.default_rng(seed)
+        return local_solve(
+            obj,
+            np.zeros(3),
+            solver="so",
+            lr=0.05,
+            rng=rng,
+            local_epochs=2,
+            batch_size=2,
+            fixed_order=order,
+        )
+
+    a, b = so(1), so(2)
     np.testing.assert_array_equal(a.y, b.y)  # no randomness beyond the fixed order
     s = local_solve(
         obj,
