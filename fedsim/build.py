@@ -25,8 +25,9 @@ from fedsim.tasks.base import Task
 from fedsim.tasks.registry import build_task
 
 ENGINES = ("ray", "inline", "deployment")
-# Building blocks that arrive with later methods; until a method uses them only these are valid.
-UNUSED_GROUPS = {"compressor": "identity", "aggregator": "mean", "attack": "none"}
+# Building-block groups and their neutral choice. A method that does not list a group in its
+# strategy's ``uses`` keeps the neutral choice (an ignored compressor is an error, not a no-op).
+BLOCK_GROUPS = {"compressor": "identity", "aggregator": "mean", "attack": "none"}
 
 
 def _class(path: str, what: str) -> type:
@@ -138,17 +139,20 @@ def resolve(cfg: Any, solve: bool = False) -> dict:
     frac = out.get("max_failure_fraction", 0.5)
     if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac <= 1:
         raise ConfigError(f"max_failure_fraction must lie in [0, 1], got {frac!r}")
-    for group, only in UNUSED_GROUPS.items():
-        name = (out.get(group) or {}).get("name", only)
-        if name != only:
-            raise ConfigError(
-                f"method {out['method']['name']!r} does not use {group}={name!r}; "
-                f"valid choices: {only}"
-            )
     _check_engine(out)
-    method = out["method"]
+    method = dict(out["method"])
     strategy_cls = _class(str(method.get("strategy")), "strategy")
     _class(str(method.get("client")), "client")
+    uses = getattr(strategy_cls, "uses", ())
+    for group, neutral in BLOCK_GROUPS.items():
+        chosen = dict(out.get(group) or {"name": neutral})
+        if group in uses:  # the method reads it from its own section
+            method[group] = chosen
+        elif chosen.get("name", neutral) != neutral:
+            raise ConfigError(
+                f"method {method['name']!r} does not use {group}={chosen.get('name')!r}; "
+                f"valid choices: {neutral}"
+            )
     _absolute_paths(out["task"])
     task = task_of(out)
     if task.num_clients != out["num_clients"]:
@@ -156,8 +160,8 @@ def resolve(cfg: Any, solve: bool = False) -> dict:
             f"task {task.name!r} has {task.num_clients} clients "
             f"but num_clients={out['num_clients']}"
         )
-    sampler_of(out, task)  # validates the sampler against the population
-    out["method"] = strategy_cls.resolve(method, task)
+    sampler = sampler_of(out, task)  # validates the sampler against the population
+    out["method"] = strategy_cls.resolve(method, task, sampler)
     if solve:
         try:
             task.optimum()

@@ -21,7 +21,8 @@ Config keys (``conf/sampler/<name>.yaml``):
 ``name``           one of :data:`SAMPLER_NAMES`
 ``cohort_size``    C, clients per round (all but ``full``)
 ``reshuffle``      ``cyclic``: draw a new permutation every meta-epoch (default true)
-``by``             ``importance``: ``smoothness`` | ``size`` | ``uniform`` target marginals
+``by``             ``importance``: marginals ∝ ``smoothness`` L_m | ``sqrt_smoothness`` √L_m |
+                   ``size`` n_m | ``uniform``
 ``probabilities``  ``importance``: explicit weights, one per client (overrides ``by``)
 =================  ==========================================================================
 """
@@ -40,7 +41,7 @@ from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator
 
 SAMPLER_NAMES = ("full", "uniform", "with_replacement", "importance", "cyclic")
-IMPORTANCE_BY = ("smoothness", "size", "uniform")
+IMPORTANCE_BY = ("smoothness", "sqrt_smoothness", "size", "uniform")
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -334,13 +335,15 @@ def _importance_marginals(
         by = _get(cfg, "by", "smoothness")
         if by == "uniform":
             w, what = np.ones(m), "uniform weights"
-        elif by == "smoothness":
+        elif by in ("smoothness", "sqrt_smoothness"):
             if client_L is None:
                 raise ConfigError(
-                    "sampler.by=smoothness needs per-client smoothness constants L_m, which this "
+                    f"sampler.by={by} needs per-client smoothness constants L_m, which this "
                     "task does not provide; use sampler.by=size or sampler.by=uniform"
                 )
             w, what = _per_client("client smoothness L_m", client_L, m), "client smoothness L_m"
+            if by == "sqrt_smoothness":
+                w = np.sqrt(w)
         elif by == "size":
             if sizes is None:
                 raise ConfigError("sampler.by=size needs the clients' dataset sizes")

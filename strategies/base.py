@@ -75,7 +75,13 @@ class Reply:
 
 
 class FedsimStrategy(Strategy):
-    """Base class of fedsim strategies (see the module docstring)."""
+    """Base class of fedsim strategies (see the module docstring).
+
+    ``uses`` names the building-block groups (``compressor``, ``aggregator``, ``attack``) the
+    method reads; for any other group the config must keep the neutral choice.
+    """
+
+    uses: tuple[str, ...] = ()
 
     def __init__(self, task: Task, sampler: Sampler, settings: RunSettings) -> None:
         super().__init__()
@@ -101,8 +107,9 @@ class FedsimStrategy(Strategy):
         given in partition-id order."""
         raise NotImplementedError
 
-    def expected_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes a valid reply must have (default: one vector of the model's size)."""
+    def expected_shapes(self, pid: int) -> list[tuple[int, ...]]:
+        """Shapes a valid reply of client ``pid`` must have this round (default: one vector of
+        the model's size)."""
         return [(self.task.dim,)]
 
     def down_floats(self, arrays: list[np.ndarray]) -> int:
@@ -155,11 +162,10 @@ class FedsimStrategy(Strategy):
         up_bits = up_floats = 0
         evals: int | None = 0
         n_failed = len(failures)
-        shapes = self.expected_shapes()
         sampled = set(cohort.ids.tolist())
         for proxy, res in results:
             up_bits += wire_bits(res.parameters)
-            reply = self._check(self._pid_of.get(proxy.cid, -1), res, shapes, sampled)
+            reply = self._check(self._pid_of.get(proxy.cid, -1), res, sampled)
             if reply is None:
                 n_failed += 1
                 continue
@@ -199,9 +205,7 @@ class FedsimStrategy(Strategy):
         self.apply(server_round, cohort, replies)
         return encode([self.x]), {"failures": n_failed}
 
-    def _check(
-        self, pid: int, res: FitRes, expected: list[tuple[int, ...]], sampled: set[int]
-    ) -> Reply | None:
+    def _check(self, pid: int, res: FitRes, sampled: set[int]) -> Reply | None:
         """A valid reply of client ``pid`` (known from the proxy that answered, not from the
         reply), or None for garbage: unreadable arrays, wrong shapes, non-finite values, or a
         client that was not sampled this round."""
@@ -214,7 +218,7 @@ class FedsimStrategy(Strategy):
             log.warning("client %d sent an unreadable reply; counted as a failure", pid)
             return None
         shapes = [a.shape for a in arrays]
-        if shapes != expected or not all(np.isfinite(a).all() for a in arrays):
+        if shapes != self.expected_shapes(pid) or not all(np.isfinite(a).all() for a in arrays):
             log.warning(
                 "client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes
             )

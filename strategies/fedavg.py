@@ -61,7 +61,8 @@ class FedAvg(FedsimStrategy):
         self.weights = task.weights
 
     @staticmethod
-    def resolve(method: Mapping, task: Task) -> dict:
+    def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
+        """Validated hyperparameters with ``auto`` resolved (``sampler``: this run's)."""
         return resolve_local(method, task)
 
     @classmethod

@@ -100,8 +100,15 @@ def make_nodes(
     return manager
 
 
-def run_rounds(strategy: Strategy, manager: SimpleClientManager, num_rounds: int) -> None:
-    """Flower's legacy round loop, sequential and in this process."""
+def run_rounds(
+    strategy: Strategy,
+    manager: SimpleClientManager,
+    num_rounds: int,
+    after_round: Callable[[int], None] | None = None,
+) -> None:
+    """Flower's legacy round loop, sequential and in this process; ``after_round(rnd)`` (if
+    given) sees the strategy and the nodes' contexts after each round, e.g. to check an
+    invariant."""
     parameters = strategy.initialize_parameters(manager)
     if parameters is None:
         raise RuntimeError("the strategy did not initialize the model")
@@ -122,3 +129,5 @@ def run_rounds(strategy: Strategy, manager: SimpleClientManager, num_rounds: int
         if new is not None:
             parameters = new
         strategy.evaluate(rnd, parameters)
+        if after_round is not None:
+            after_round(rnd)
