@@ -7,7 +7,7 @@ sizes ``f̃_m = f_m``. Control variates and duals live in ``context.state`` only
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flwr.common import Context, Scalar
@@ -17,8 +17,12 @@ from fedsim.compressors import Compressor, Slot, build_compressor, compressor_rn
 from fedsim.patterns import support
 from fedsim.tasks.base import Task
 
+Gradient = Callable[[np.ndarray], np.ndarray]
 
-def control_variate_steps(grad, x: np.ndarray, h: np.ndarray, lr: float, steps: int) -> np.ndarray:
+
+def control_variate_steps(
+    grad: Gradient, x: np.ndarray, h: np.ndarray, lr: float, steps: int
+) -> np.ndarray:
     """``steps`` local steps ``x ← x − γ (∇f̃_m(x) − h_m)`` (Scaffnew/ProxSkip and TAMUNA)."""
     y = np.array(x, dtype=float, copy=True)
     for _ in range(steps):
@@ -27,7 +31,7 @@ def control_variate_steps(grad, x: np.ndarray, h: np.ndarray, lr: float, steps: 
 
 
 def prox_dual(
-    grad, x_hat: np.ndarray, u: np.ndarray, mu: float, tau: float, lr: float, steps: int
+    grad: Gradient, x_hat: np.ndarray, u: np.ndarray, mu: float, tau: float, lr: float, steps: int
 ) -> np.ndarray:
     """5GCS's local subproblem by ``steps`` gradient steps of size ``lr`` from ``y = x̂``:
 

@@ -71,12 +71,6 @@ def geometric_steps(seed: int, rnd: int, p: float) -> int:
     return int(generator(seed, rnd, "local-steps").geometric(p))
 
 
-def pattern_sizes(dim: int, cohort: int, s: int) -> tuple[int, int]:
-    """Fewest and most values a TAMUNA client uploads (``⌊sd/c⌋``, ``⌈sd/c⌉`` when sd ≥ c)."""
-    sizes = [len(support(dim, cohort, s, j)) for j in range(cohort)]
-    return min(sizes), max(sizes)
-
-
 class Scaffnew(FedsimStrategy):
     """Scaffnew, server side (ProxSkip for FL, arXiv 2202.09357, Algorithm 2).
 
@@ -145,7 +139,9 @@ class Tamuna(FedsimStrategy):
     client fails, its coordinates are averaged over the holders that answered (a coordinate
     nobody answered for keeps its value), which keeps that identity.
 
-    Hyperparameters: ``γ = method.client_lr`` (default ``1/L``), ``s`` with ``2 ≤ s ≤ c``,
+    Hyperparameters: ``γ = method.client_lr`` (default ``1/L``), ``s`` with ``2 ≤ s ≤ c``
+    (default ``max(2, ⌊c/2⌋)``: half the uplink; ``s = 2`` needs a larger ``p`` to pay off, see
+    ``experiments/local_training/README.md``),
     ``η`` in ``(0, p·χ]`` with ``χ = c(s−1)/(s(c−1))`` (default ``p·χ``, the upper end, as the
     authors' code advises) and ``p``. The paper's corollary for ``p`` could not be read; the
     default ``p = min(1, √(n/(χ c κ)))`` equates the two contraction factors of a round,
@@ -175,7 +171,7 @@ class Tamuna(FedsimStrategy):
         c = task.num_clients if sampler is None else sampler.max_cohort_size
         if c < 2:
             raise ConfigError(f"method 'tamuna' needs a cohort of at least 2 clients, got c={c}")
-        s = int_at_least("method.s", method.get("s"), 2)
+        s = max(2, c // 2) if _auto(method, "s") else int_at_least("method.s", method.get("s"), 2)
         if s > c:
             raise ConfigError(f"method.s={s} exceeds the cohort size c={c} (need 2 <= s <= c)")
         big_l, _ = uniform_form(task)
