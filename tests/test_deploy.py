@@ -1,4 +1,4 @@
-"""Deployment: a SuperLink and two SuperNodes on 127.0.0.1, two rounds of fedavg via flwr run."""
+"""Deployment: a SuperLink and two SuperNodes on 127.0.0.1; fedavg and tamuna via flwr run."""
 
 import os
 from pathlib import Path
@@ -14,6 +14,20 @@ OVERRIDES = [
     "task=logreg_synthetic",
     "num_clients=2",
     "num_rounds=2",
+    "sampler=full",
+    "task.samples_per_client=30",
+    "engine=deployment",
+]
+
+
+STATEFUL = [
+    "method=tamuna",
+    "method.s=2",
+    "method.p=0.5",
+    "task=logreg_synthetic",
+    "task.dim=40",
+    "num_clients=2",
+    "num_rounds=4",
     "sampler=full",
     "task.samples_per_client=30",
     "engine=deployment",
@@ -38,6 +52,12 @@ def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
             OVERRIDES, str(tmp_path / "run"), fed.address, home=fed.home, run_timeout=300
         )
         assert record["status"] == "finished:completed"
+        # A stateful method: TAMUNA's control variates live in the SuperNodes' context.state
+        # across rounds, its uplink is the pattern's share of the model.
+        record = submit(
+            STATEFUL, str(tmp_path / "tamuna"), fed.address, home=fed.home, run_timeout=300
+        )
+        assert record["status"] == "finished:completed"
     finally:
         fed.stop()
     assert not any(alive(p) for p in fed.pids)
@@ -47,6 +67,12 @@ def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
     # The deployed run computes what the inline engine computes for the same overrides.
     inline = run_overrides([*OVERRIDES[:-1], "engine=inline", "output.progress=false"])
     np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in inline], rtol=1e-9)
+    rows = read_metrics(tmp_path / "tamuna" / "metrics.csv")
+    inline = run_overrides([*STATEFUL[:-1], "engine=inline", "output.progress=false"])
+    for column in ("loss", "up_bits", "up_floats"):
+        np.testing.assert_allclose(
+            [r[column] for r in rows], [r[column] for r in inline], rtol=1e-9, err_msg=column
+        )
 
 
 def processes_mentioning(text: str) -> list[int]:

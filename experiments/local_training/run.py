@@ -15,9 +15,11 @@ Options: ``--seeds 0,1,2``, ``--rounds N`` (scales every run), ``--a9a PATH``, `
 file (or under ``--out``) and exits with status 1 when the comparison's claim (its ``claim``
 line below) fails on the mean over seeds.
 
-The problems: (i)–(iii) L2-regularized logistic regression on LIBSVM a9a (λ = 1e-3, κ ≈ 1600),
-sorted by label and cut into 100 clients (heterogeneous: most clients see one label only),
-cohorts of 10; (iv) the ``quadratic`` task with L_m spread geometrically from 1 to 1000.
+The problems (Hydra experiment configs): ``conf/experiment/local_training_a9a.yaml``,
+L2-regularized logistic regression on LIBSVM a9a (λ = 1e-3, κ ≈ 1900), sorted by label and cut
+into 100 clients (heterogeneous: most clients see one label only), cohorts of 10; and
+``conf/experiment/local_training_quadratic.yaml``, 100 quadratic clients with L_m spread
+geometrically from 1 to 1000.
 """
 
 from __future__ import annotations
@@ -37,23 +39,8 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `fedsim` importable
     sys.path.insert(0, str(ROOT))
 
-A9A = (
-    "task=logreg_libsvm",
-    "partition=sorted",
-    "num_clients=100",
-    "task.l2=0.001",
-    "sampler=uniform",
-    "sampler.cohort_size=10",
-)
-QUADRATIC = (
-    "task=quadratic",
-    "num_clients=100",
-    "task.dim=10",
-    "task.L_min=1",
-    "task.L_max=1000",
-    "task.mu=1",
-    "sampler.cohort_size=10",
-)
+A9A = ("+experiment=local_training_a9a",)  # conf/experiment/local_training_a9a.yaml
+QUADRATIC = ("+experiment=local_training_quadratic",)
 
 
 @dataclass(frozen=True)
@@ -144,9 +131,7 @@ COMPARISONS = {
             "5GCS's default γτ: rounds to 1e-8 for γτ from 0.25 to 3 (the condition is γτ < 1)",
             (*A9A, "method=fivegcs"),
             2500,
-            tuple(
-                Arm(f"γτ = {v}", (f"method.gamma_tau={v}",)) for v in (0.25, 0.5, 0.9, 1.5, 3.0)
-            ),
+            tuple(Arm(f"γτ = {v}", (f"method.gamma_tau={v}",)) for v in (0.25, 0.5, 0.9, 1.5, 3.0)),
             ("round",),
             "γτ = 0.9 reaches 1e-8·dist_sq(x0) in fewer rounds than γτ = 0.25 and 0.5",
             1e-8,
@@ -157,7 +142,7 @@ COMPARISONS = {
         Comparison(
             "importance",
             "(iv) 5GCS: importance vs uniform cohorts, quadratic with L_max/L_min = 1000",
-            (*QUADRATIC, "method=fivegcs"),
+            QUADRATIC,
             1500,
             (
                 Arm("uniform", ("sampler=uniform",)),
@@ -211,18 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         base.append(f"task.path={args.a9a.resolve()}")
     jobs = [(arm, seed) for arm in comp.arms for seed in seeds]
 
-    def overrides(arm: Arm, seed: int) -> list[str]:
-        keep = base
-        if "sampler=full" in arm.overrides:  # full participation has no cohort size
-            keep = [o for o in base if not o.startswith("sampler.")]
-        return [*keep, *arm.overrides, f"seed={seed}"]
-
     from fedsim.errors import ConfigError
 
     try:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             curves = list(
-                pool.map(run_one, [overrides(arm, s) for arm, s in jobs])
+                pool.map(run_one, [[*base, *arm.overrides, f"seed={s}"] for arm, s in jobs])
             )
     except ConfigError as err:
         print(f"cannot run {comp.name}: {err}", file=sys.stderr)
@@ -275,8 +254,9 @@ def figure(comp: Comparison, by_arm: dict[str, list[dict]], path: Path) -> None:
             rel = np.array([c["rel"] for c in curves])
             line = ax.semilogy(x, np.exp(np.log(rel).mean(axis=0)), label=label)[0]
             if len(curves) > 1:
-                ax.fill_between(x, rel.min(axis=0), rel.max(axis=0), alpha=0.2, lw=0,
-                                color=line.get_color())
+                ax.fill_between(
+                    x, rel.min(axis=0), rel.max(axis=0), alpha=0.2, lw=0, color=line.get_color()
+                )
         ax.axhline(comp.level, color="gray", lw=0.8, ls=":")
         ax.set_xlabel(labels[axis])
         ax.set_ylabel("dist_sq / dist_sq(x0)")
