@@ -13,7 +13,7 @@ import numpy as np
 from flwr.common import Context, Scalar
 
 from clients.base import FedsimClient
-from fedsim.compressors import Compressor, Slot, build_compressor, compressor_rng
+from fedsim.compressors import Slot, build_compressor, compressor_rng
 from fedsim.patterns import support
 from fedsim.tasks.base import Task
 
@@ -73,30 +73,51 @@ class _UniformForm(FedsimClient):
         kept = self.load(key)
         return np.zeros(self.dim) if kept is None else kept[0]
 
+    def number(self, key: str) -> int:
+        """The state integer ``key`` (0 on first use)."""
+        kept = self.load(key)
+        return 0 if kept is None else int(kept[0][0])
+
+    def sent(self, pending: int) -> list[np.ndarray]:
+        """What this client sent in round ``pending`` (kept in state with its round), which the
+        server's pending update refers to."""
+        kept = self.load("sent")
+        if kept is None or int(kept[-1][0]) != pending:
+            raise ValueError(
+                f"the server refers to this client's upload of round {pending}, which its "
+                "state does not hold"
+            )
+        return kept[:-1]
+
 
 class ScaffnewClient(_UniformForm):
     """Scaffnew (Mishchenko, Malinovsky, Stich, Richtárik 2022, ProxSkip for FL, Alg. 2).
 
     With the shared number of local steps ``L ~ Geometric(p)`` sent by the server:
     ``x̂_m = x − γ(∇f̃_m(x) − h_m)`` ``L`` times, send ``x̂_m``. The control-variate update of
-    the communication step, ``h_m ← h_m + (p/γ)(x̄ − x̂_m)``, needs the average ``x̄``; the client
-    applies it when ``x̄`` arrives as the next round's model (``pending = 1``: the server used
-    this client's ``x̂_m`` in that average).
+    the communication step, ``h_m ← h_m + (p/γ)(x̄ − x̂_m)``, needs the average ``x̄`` of the
+    round ``r`` whose average used this client's ``x̂_m``; the client applies it at its next
+    ``fit``, where the server names ``r`` (``pending_round``) and sends ``x̄`` — as the model
+    itself when no round has passed since, as a second array otherwise (after a failure). Each
+    pending update is applied once (``applied`` keeps the last round applied).
     """
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        x = parameters[0]
+        x, extra = parameters[0], parameters[1]
         gamma, p = float(self.method["client_lr"]), float(self.method["p"])
-        h = self.vector("h")
-        sent = self.load("sent")
-        if int(config.get("pending", 0)) and sent is not None:
-            h = h + (p / gamma) * (x - sent[0])
+        h, applied = self.vector("h"), self.number("applied")
+        pending = int(config["pending_round"])
+        if pending > applied:
+            (x_hat,) = self.sent(pending)
+            h += (p / gamma) * ((extra if extra.size else x) - x_hat)
+            applied = pending
         steps = int(config["local_steps"])
         y = control_variate_steps(self.grad, x, h, gamma, steps)
         self.save("h", [h])
-        self.save("sent", [y])
+        self.save("applied", [np.array([applied])])
+        self.save("sent", [y, np.array([int(config["round"])])])
         return [y], self.samples, {"grad_evals": steps * self.samples}
 
 
@@ -105,30 +126,33 @@ class TamunaClient(_UniformForm):
 
     ``L`` local steps ``x ← x − γ(∇f̃_m(x) − h_m)`` from the server model, then upload only the
     entries of ``x`` on the support of the pattern column the server assigned (``column``): about
-    ``s·d/c`` values, without indices. The control-variate update of the round,
-    ``h_m ← h_m + (η/γ) q_m ⊙ (x̄⁺ − x_m)`` with that round's aggregate ``x̄⁺``, is applied at
-    the client's next participation, when the server sends ``q_m ⊙ x̄⁺`` (exactly the paper's
-    update: the aggregate of the round the client took part in, not a newer model).
+    ``s·d/c`` values, without indices. The control-variate update of the round ``r`` the client
+    took part in, ``h_m ← h_m + (η/γ) q_m ⊙ (x̄⁺ − x_m)`` with that round's aggregate ``x̄⁺``, is
+    applied at the client's next participation, when the server sends ``q_m ⊙ x̄⁺`` and names
+    ``r`` (``pending_round``): exactly the paper's update, not one with a newer model. Each
+    pending update is applied once (``applied`` keeps the last round applied).
     """
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        x, pending = parameters[0], parameters[1]
+        x, pending_values = parameters[0], parameters[1]
         m = self.method
         gamma, eta = float(m["client_lr"]), float(m["eta"])
-        h = self.vector("h")
-        kept = self.load("sent")
-        if int(config.get("pending", 0)):
-            if kept is None or kept[0].shape != pending.shape:
-                raise ValueError("the server sent a pending update this client cannot match")
-            rows, values = kept
-            h[rows] += (eta / gamma) * (pending - values)
+        h, applied = self.vector("h"), self.number("applied")
+        pending = int(config["pending_round"])
+        if pending > applied:
+            rows, values = self.sent(pending)
+            if values.shape != pending_values.shape:
+                raise ValueError("the server's pending update does not match this client's upload")
+            h[rows] += (eta / gamma) * (pending_values - values)
+            applied = pending
         steps = int(config["local_steps"])
         y = control_variate_steps(self.grad, x, h, gamma, steps)
         rows = support(self.dim, int(m["cohort_size"]), int(m["s"]), int(config["column"]))
         self.save("h", [h])
-        self.save("sent", [rows, y[rows]])
+        self.save("applied", [np.array([applied])])
+        self.save("sent", [rows, y[rows], np.array([int(config["round"])])])
         return [y[rows]], self.samples, {"grad_evals": steps * self.samples}
 
 
@@ -136,30 +160,45 @@ class FiveGCSClient(_UniformForm):
     """5GCS (Grudzień, Malinovsky, Richtárik, arXiv 2212.14370, Algorithm 1), client.
 
     From the server's ``x̂``: ``K`` local gradient steps on the prox subproblem (see
-    :func:`prox_dual`), new dual ``u⁺ = ∇F_m(y)``, send the increment ``δ_m = u⁺ − u_m`` and
-    keep ``u_m ← u⁺``.
+    :func:`prox_dual`), new dual ``u⁺ = ∇F_m(y)``, send the increment ``δ_m = u⁺ − u_m``. The
+    client commits ``u_m ← u⁺`` only once the server confirms it applied ``δ_m`` to its
+    ``v = (1/M) Σ u_m`` (``accepted_round`` at the next participation), so a reply the server
+    never used leaves client and server in step.
     """
 
-    def increment(self, delta: np.ndarray, config: dict[str, Scalar]) -> list[np.ndarray]:
-        """What crosses the wire for ``δ_m``; keeps ``u_m`` in step with the server."""
-        self.u = self.u + delta
-        return [delta]
+    def increment(
+        self, delta: np.ndarray, config: dict[str, Scalar]
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The payload for ``δ_m`` and the change of ``u_m`` the server will apply with it."""
+        return [delta], delta
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         x_hat = parameters[0]
         m = self.method
-        self.u = self.vector("u")
+        u = self.vector("u")
+        candidate = self.load("candidate")  # [change of u, [round]] of the last upload
+        if candidate is not None and int(candidate[1][0]) == int(config["accepted_round"]):
+            u = u + candidate[0]
         steps = int(m["local_steps"])
         mu, tau = float(m["mu"]), float(config["dual_lr"])  # τ_m, set by the server
         lr = m.get("local_lr", "auto")
         if isinstance(lr, str):  # auto: 1/(L_m − μ + τ), the subproblem's smoothness
             lr = 1.0 / (self.factor * self.objective.smoothness - mu + tau)
-        new = prox_dual(self.grad, x_hat, self.u, mu, tau, float(lr), steps)
-        payload = self.increment(new - self.u, config)
-        self.save("u", [self.u])
-        return payload, self.samples, {"grad_evals": (steps + 1) * self.samples}
+        new = prox_dual(self.grad, x_hat, u, mu, tau, float(lr), steps)
+        payload, change = self.increment(new - u, config)
+        self.save("u", [u])
+        self.save("candidate", [change, np.array([int(config["round"])])])
+        metrics: dict[str, Scalar] = {
+            "grad_evals": (steps + 1) * self.samples,
+            "up_floats": self.floats(payload),
+        }
+        return payload, self.samples, metrics
+
+    def floats(self, payload: list[np.ndarray]) -> int:
+        """Real numbers in the payload, by the papers' convention."""
+        return int(payload[0].size)
 
 
 class FiveGCSCCClient(FiveGCSClient):
@@ -167,13 +206,17 @@ class FiveGCSCCClient(FiveGCSClient):
     dual increment crosses the wire compressed, ``δ_m = Q(u⁺ − u_m)``, and the client moves its
     dual by ``u_m ← u_m + α δ_m`` as the server does (``α = method.dual_shift``)."""
 
-    def increment(self, delta: np.ndarray, config: dict[str, Scalar]) -> list[np.ndarray]:
-        comp: Compressor = build_compressor(self.method["compressor"], self.dim)
+    def increment(
+        self, delta: np.ndarray, config: dict[str, Scalar]
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        comp = build_compressor(self.method["compressor"], self.dim)
         slot = Slot(int(config.get("position", 0)), int(config.get("cohort_size", 1)))
-        rng = compressor_rng(comp, self.seed, int(config["round"]), self.pid)
-        payload = comp.compress(delta, rng, slot)
-        rng = compressor_rng(comp, self.seed, int(config["round"]), self.pid)
-        self.u = self.u + float(self.method["dual_shift"]) * comp.decompress(
-            payload, self.dim, rng, slot
+        rnd = int(config["round"])
+        payload = comp.compress(delta, compressor_rng(comp, self.seed, rnd, self.pid), slot)
+        sent = comp.decompress(
+            payload, self.dim, compressor_rng(comp, self.seed, rnd, self.pid), slot
         )
-        return payload
+        return payload, float(self.method["dual_shift"]) * sent
+
+    def floats(self, payload: list[np.ndarray]) -> int:
+        return int(build_compressor(self.method["compressor"], self.dim).floats(payload))

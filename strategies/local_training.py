@@ -39,6 +39,7 @@ from strategies.base import FedsimStrategy, Reply, RunSettings
 
 Instructions = dict[int, tuple[list[np.ndarray], dict]]
 GAMMA_TAU = 0.9  # default γτ of 5GCS (see fivegcs_stepsizes)
+NONE = np.zeros(0)  # the empty second array: no pending update to send
 
 
 def uniform_form(task: Task) -> tuple[float, float]:
@@ -78,7 +79,10 @@ class Scaffnew(FedsimStrategy):
     of ProxSkip between two communications), averages the clients' ``x̂_m``:
     ``x̄ = (1/M) Σ_m x̂_m`` (the prox of the consensus indicator), and tells each client whether
     its ``x̂_m`` entered the average, so it can apply ``h_m ← h_m + (p/γ)(x̄ − x̂_m)``.
-    ``Σ_m h_m = 0`` is kept because ``Σ_m (x̄ − x̂_m) = 0``.
+    ``Σ_m h_m = 0`` is kept because ``Σ_m (x̄ − x̂_m) = 0`` over the clients that answered.
+    The server names for each client the round whose average used its ``x̂_m`` and sends that
+    average when it is no longer the model (a client that missed rounds), so a lost message
+    cannot lose or repeat an update.
 
     Defaults (Theorem 3.6 / Corollary of the paper): ``γ = 1/L`` and ``p = 1/√κ``, giving
     ``O(κ log 1/ε)`` local steps and ``O(√κ log 1/ε)`` communications.
@@ -87,7 +91,9 @@ class Scaffnew(FedsimStrategy):
     def __init__(self, task: Task, sampler: Sampler, settings: RunSettings, p: float) -> None:
         super().__init__(task, sampler, settings)
         self.p = p
-        self._accepted: set[int] = set()
+        self._used: dict[int, int] = {}  # pid -> last round whose average used its x̂
+        self._averages: dict[int, np.ndarray] = {}  # round -> its average, while referenced
+        self._latest = 0  # the round whose average is the current model
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
@@ -111,16 +117,21 @@ class Scaffnew(FedsimStrategy):
 
     def fit_config(self, rnd: int, cohort: Cohort) -> Instructions:
         steps = geometric_steps(self.settings.seed, rnd, self.p)
-        arrays = [self.x]
-        accepted, self._accepted = self._accepted, set()
-        return {
-            int(pid): (arrays, {"local_steps": steps, "pending": int(pid in accepted)})
-            for pid in cohort.ids
-        }
+        plain = [self.x, NONE]  # the usual case: the model is the pending average
+        out: Instructions = {}
+        for pid in cohort.ids:
+            r = self._used.get(int(pid), 0)
+            arrays = plain if r in (0, self._latest) else [self.x, self._averages[r]]
+            out[int(pid)] = (arrays, {"local_steps": steps, "pending_round": r})
+        return out
 
     def apply(self, rnd: int, cohort: Cohort, replies: list[Reply]) -> None:
         self.x = np.mean([r.arrays[0] for r in replies], axis=0)
-        self._accepted = {r.pid for r in replies}
+        self._latest = rnd
+        self._averages[rnd] = self.x
+        self._used.update((r.pid, rnd) for r in replies)
+        referenced = set(self._used.values())
+        self._averages = {k: v for k, v in self._averages.items() if k in referenced}
 
 
 class Tamuna(FedsimStrategy):
@@ -133,8 +144,9 @@ class Tamuna(FedsimStrategy):
 
         x̄⁺ = (1/s) Σ_{i∈Ω} q_i ⊙ x_i,
 
-    and keeps ``q_i ⊙ x̄⁺`` for each client until that client's next participation, when it is
-    sent along with the model so the client applies ``h_i ← h_i + (η/γ) q_i ⊙ (x̄⁺ − x_i)``.
+    and keeps ``q_i ⊙ x̄⁺`` (with its round) for each client until the client answers again; it
+    is sent along with the model at each participation, and the client applies
+    ``h_i ← h_i + (η/γ) q_i ⊙ (x̄⁺ − x_i)`` once, so a lost message cannot lose or repeat it.
     ``Σ_i h_i = 0`` holds after every round since ``Σ_{i∈Ω} q_i ⊙ (x̄⁺ − x_i) = 0``. When a
     client fails, its coordinates are averaged over the holders that answered (a coordinate
     nobody answered for keeps its value), which keeps that identity.
@@ -157,7 +169,7 @@ class Tamuna(FedsimStrategy):
         super().__init__(task, sampler, settings)
         self.p, self.s, self.c = p, s, c
         self._columns: dict[int, int] = {}
-        self._pending: dict[int, np.ndarray] = {}
+        self._pending: dict[int, tuple[int, np.ndarray]] = {}  # pid -> (round, q_i ⊙ x̄⁺)
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
@@ -209,12 +221,11 @@ class Tamuna(FedsimStrategy):
         steps = geometric_steps(seed, rnd, self.p)
         perm = columns(generator(seed, rnd, "tamuna-pattern"), self.c)
         self._columns = {int(pid): int(perm[i]) for i, pid in enumerate(cohort.ids)}
-        none = np.zeros(0)
         out: Instructions = {}
         for pid, col in self._columns.items():
-            pending = self._pending.pop(pid, None)
-            config = {"local_steps": steps, "column": col, "pending": int(pending is not None)}
-            out[pid] = ([self.x, none if pending is None else pending], config)
+            r, values = self._pending.get(pid, (0, NONE))
+            config = {"local_steps": steps, "column": col, "pending_round": r}
+            out[pid] = ([self.x, values], config)
         return out
 
     def expected_shapes(self, pid: int) -> list[tuple[int, ...]]:
@@ -231,7 +242,7 @@ class Tamuna(FedsimStrategy):
             holders[idx] += 1
         self.x = np.where(holders > 0, total / np.maximum(holders, 1), self.x)
         for pid, idx in rows.items():
-            self._pending[pid] = self.x[idx]
+            self._pending[pid] = (rnd, self.x[idx])
 
 
 def _auto(method: Mapping, key: str) -> bool:
@@ -288,7 +299,9 @@ class FiveGCS(FedsimStrategy):
     uniform cohorts; with any other sampler (``sampler=importance`` is the arbitrary-sampling
     variant 5GCS-AB of arXiv 2306.03240) each increment is reweighted by ``1/(M π_m)``. The fixed
     point is ``(x*, ∇F_m(x*))``, so local inexactness (``K = method.local_steps`` gradient steps
-    warm-started at ``x̂``) does not move it. Defaults: :func:`fivegcs_stepsizes`.
+    warm-started at ``x̂``) does not move it. Defaults: :func:`fivegcs_stepsizes`. Each client
+    learns at its next participation whether its last increment entered ``v``
+    (``accepted_round``) and only then commits it, so ``v = (1/M) Σ u_m`` survives lost replies.
     """
 
     def __init__(
@@ -306,6 +319,7 @@ class FiveGCS(FedsimStrategy):
         self.tau = dual_lr * len(pi) * pi / np.sum(pi)  # τ_m = τ̄ M π_m / C
         self.v = np.zeros(task.dim)
         self.x_hat = self.x
+        self._applied: dict[int, int] = {}  # pid -> round of its last increment in v
 
     @classmethod
     def resolve(cls, method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
@@ -336,7 +350,13 @@ class FiveGCS(FedsimStrategy):
     def fit_config(self, rnd: int, cohort: Cohort) -> Instructions:
         self.x_hat = (self.x - self.gamma * self.v) / (1 + self.gamma * self.mu)
         arrays = [self.x_hat]
-        return {int(pid): (arrays, {"dual_lr": float(self.tau[pid])}) for pid in cohort.ids}
+        return {
+            int(pid): (
+                arrays,
+                {"dual_lr": float(self.tau[pid]), "accepted_round": self._applied.get(int(pid), 0)},
+            )
+            for pid in cohort.ids
+        }
 
     def increments(self, rnd: int, cohort: Cohort, replies: list[Reply]) -> np.ndarray:
         """The clients' dual increments ``δ_m``, stacked in reply order."""
@@ -348,6 +368,7 @@ class FiveGCS(FedsimStrategy):
         pids = np.array([r.pid for r in replies], dtype=np.int64)
         self.v = self.v + deltas.sum(axis=0) / m
         self.x = self.x_hat - self.gamma * unbiased_sum(cohort, deltas, None, ids=pids) / m
+        self._applied.update((r.pid, rnd) for r in replies)
 
 
 class FiveGCSCC(FiveGCS):
@@ -438,3 +459,4 @@ class FiveGCSCC(FiveGCS):
         pids = np.array([r.pid for r in replies], dtype=np.int64)
         self.v = self.v + self.shift * deltas.sum(axis=0) / m
         self.x = self.x_hat - self.gamma * unbiased_sum(cohort, deltas, None, ids=pids) / m
+        self._applied.update((r.pid, rnd) for r in replies)

@@ -66,6 +66,11 @@ def test_fedavg_with_the_same_local_work_stalls(compose):
     assert late.min() > 0.3 * late.max()  # the second half of the run no longer improves
 
 
+def state_of(proxy, key: str) -> list[np.ndarray] | None:
+    record = proxy.context.state.get(key)
+    return None if record is None else record.to_numpy_ndarrays()
+
+
 def effective_control_variates(strategy, nodes) -> np.ndarray:
     """h_i with each client's pending update (TAMUNA applies it at the next participation)."""
     m = strategy.task.num_clients
@@ -73,12 +78,13 @@ def effective_control_variates(strategy, nodes) -> np.ndarray:
     h = np.zeros((m, strategy.task.dim))
     for proxy in nodes.all().values():
         pid = int(proxy.context.node_config["partition-id"])
-        state = proxy.context.state
-        if "h" in state:
-            h[pid] = state["h"].to_numpy_ndarrays()[0]
-        if pid in strategy._pending:
-            rows, sent = state["sent"].to_numpy_ndarrays()
-            h[pid, rows] += (eta / gamma) * (strategy._pending[pid] - sent)
+        if state_of(proxy, "h") is not None:
+            h[pid] = state_of(proxy, "h")[0]
+        r, values = strategy._pending.get(pid, (0, None))
+        if r > (state_of(proxy, "applied") or [[0]])[0][0]:
+            rows, sent, sent_round = state_of(proxy, "sent")
+            assert sent_round[0] == r
+            h[pid, rows] += (eta / gamma) * (values - sent)
     return h
 
 
@@ -137,10 +143,12 @@ def test_scaffnew_converges_linearly_and_keeps_sum_h_zero(compose):
         gamma, p = strategy.method["client_lr"], strategy.method["p"]
         total = np.zeros(strategy.task.dim)
         for proxy in nodes.all().values():
-            state = proxy.context.state
-            h = state["h"].to_numpy_ndarrays()[0]
-            sent = state["sent"].to_numpy_ndarrays()[0]
-            total += h + (p / gamma) * (strategy.x - sent)  # with the pending update
+            pid = int(proxy.context.node_config["partition-id"])
+            total += state_of(proxy, "h")[0]
+            r = strategy._used.get(pid, 0)
+            if r > state_of(proxy, "applied")[0][0]:  # the pending update
+                sent, _ = state_of(proxy, "sent")
+                total += (p / gamma) * (strategy._averages[r] - sent)
         sums.append(float(np.abs(total).max()))
 
     rows = drive(cfg, check)
@@ -181,6 +189,26 @@ def test_tamuna_uploads_about_s_d_over_c_floats_per_client(compose):
         assert r["up_bits"] < 0.5 * 8 * c * encoded_size(np.zeros(d))  # vs d floats each
 
 
+@pytest.mark.parametrize(
+    ("compressor", "floats_per_client", "bytes_per_client"),
+    [
+        (("compressor=identity",), 20, 8 * 20),
+        (("compressor=rand_k", "compressor.k=4"), 4, 8 * 4),  # values; indices from the seed
+        (("compressor=qsgd",), 1, 8 + 20),  # the norm; 20 int8 levels are not reals
+        (("compressor=natural",), 20, 2 * 20),  # one int16 code per coordinate
+    ],
+)
+def test_fivegcs_cc_counts_what_its_compressor_sends(
+    compose, compressor, floats_per_client, bytes_per_client
+):
+    cfg = compose(*LOGREG, *COHORT, "method=fivegcs_cc", *compressor, "num_rounds=3")
+    header = encoded_size(np.zeros(7)) - 8 * 7
+    arrays = 2 if compressor[0] == "compressor=qsgd" else 1
+    for r in run(cfg, None)[1:]:
+        assert r["up_floats"] == 5 * floats_per_client
+        assert r["up_bits"] == 8 * 5 * (bytes_per_client + arrays * header)
+
+
 def test_importance_sampling_needs_fewer_rounds_on_spread_smoothness(compose):
     common = (
         "engine=inline",
@@ -197,6 +225,53 @@ def test_importance_sampling_needs_fewer_rounds_on_spread_smoothness(compose):
     hit_u, hit_i = first_round_below(uniform, 1e-6), first_round_below(importance, 1e-6)
     assert hit_u is not None and hit_i is not None
     assert hit_i < 0.8 * hit_u, (hit_i, hit_u)
+
+
+@pytest.mark.parametrize(
+    ("method", "rounds"),
+    [
+        (("method=scaffnew", "sampler=full"), 300),
+        (("method=tamuna", *COHORT), 1500),
+        (("method=fivegcs", *COHORT), 400),
+        (("method=fivegcs_cc", *COHORT, "compressor=qsgd"), 500),
+    ],
+    ids=["scaffnew", "tamuna", "fivegcs", "fivegcs_cc"],
+)
+def test_lost_messages_and_replies_do_not_move_the_optimum(compose, method, rounds):
+    """A client whose message is lost before it runs, and one whose reply is lost after it saved
+    its state, are counted failures; control variates and duals stay consistent with the server,
+    so the run still converges to the exact x*."""
+    flaky = {
+        "method=scaffnew": "FlakyScaffnew",
+        "method=tamuna": "FlakyTamuna",
+        "method=fivegcs": "FlakyFiveGCS",
+        "method=fivegcs_cc": "FlakyFiveGCSCC",
+    }[method[0]]
+    cfg = compose(
+        *LOGREG, *method, f"method.client=tests.flaky_clients.{flaky}", f"num_rounds={rounds}",
+        "eval_every=10",
+    )
+    checks = []
+
+    def check(rnd, strategy, nodes):
+        if method[0] == "method=tamuna":
+            h = effective_control_variates(strategy, nodes)
+            checks.append(float(np.abs(h.sum(axis=0)).max()))
+        elif method[0].startswith("method=fivegcs"):  # v = (1/M) Σ u_m with accepted increments
+            u = np.zeros(strategy.task.dim)
+            for proxy in nodes.all().values():
+                pid = int(proxy.context.node_config["partition-id"])
+                if state_of(proxy, "u") is not None:
+                    u += state_of(proxy, "u")[0]
+                    change, r = state_of(proxy, "candidate")
+                    if strategy._applied.get(pid) == r[0]:
+                        u += change
+            checks.append(float(np.abs(strategy.v - u / strategy.task.num_clients).max()))
+
+    rows = drive(cfg, check)
+    assert sum(r["failures"] for r in rows) == 2
+    assert max(checks, default=0.0) < 1e-12
+    assert rel_dist(rows)[-1] <= 1e-10
 
 
 @pytest.mark.parametrize(
