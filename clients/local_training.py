@@ -105,13 +105,14 @@ class ScaffnewClient(_UniformForm):
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        x, extra = parameters[0], parameters[1]
+        x = parameters[0]
         gamma, p = float(self.method["client_lr"]), float(self.method["p"])
         h, applied = self.vector("h"), self.number("applied")
         pending = int(config["pending_round"])
         if pending > applied:
             (x_hat,) = self.sent(pending)
-            h += (p / gamma) * ((extra if extra.size else x) - x_hat)
+            x_bar = parameters[1] if len(parameters) > 1 else x  # that round's average
+            h += (p / gamma) * (x_bar - x_hat)
             applied = pending
         steps = int(config["local_steps"])
         y = control_variate_steps(self.grad, x, h, gamma, steps)

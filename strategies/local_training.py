@@ -56,12 +56,14 @@ def probability(name: str, value: object, auto: float) -> float:
     return p
 
 
-def condition_number(task: Task, method: str) -> float:
+def condition_number(task: Task, method: str, knobs: str = "client_lr and p") -> float:
+    """``κ = L/μ`` of the uniform form, or a ConfigError when ``μ = 0`` (``knobs`` are what the
+    user must then set explicitly)."""
     big_l, mu = uniform_form(task)
     if mu <= 0:
         raise ConfigError(
             f"method {method!r} derives its defaults from the strong convexity of the task, "
-            f"but task {task.name!r} has mu=0: set the stepsizes and p explicitly"
+            f"but task {task.name!r} has mu=0: set method {knobs} explicitly"
         )
     return big_l / mu
 
@@ -105,7 +107,7 @@ class Scaffnew(FedsimStrategy):
         big_l, _ = uniform_form(task)
         out = dict(method)
         out["client_lr"] = positive_or_auto("method.client_lr", method.get("client_lr"), 1 / big_l)
-        auto_p = 1 / math.sqrt(condition_number(task, "scaffnew")) if _auto(method, "p") else 1
+        auto_p = 1 / math.sqrt(condition_number(task, "scaffnew", "p")) if _auto(method, "p") else 1
         out["p"] = probability("method.p", method.get("p"), min(1.0, auto_p))
         return out
 
@@ -117,7 +119,7 @@ class Scaffnew(FedsimStrategy):
 
     def fit_config(self, rnd: int, cohort: Cohort) -> Instructions:
         steps = geometric_steps(self.settings.seed, rnd, self.p)
-        plain = [self.x, NONE]  # the usual case: the model is the pending average
+        plain = [self.x]  # the usual case: the model is the pending average
         out: Instructions = {}
         for pid in cohort.ids:
             r = self._used.get(int(pid), 0)
@@ -177,8 +179,8 @@ class Tamuna(FedsimStrategy):
             sampler, FullSampler | UniformSampler | CyclicSampler
         ):
             raise ConfigError(
-                "method 'tamuna' needs cohorts of a fixed size c drawn uniformly: "
-                "use sampler=uniform, cyclic or full"
+                "method 'tamuna' needs cohorts of one fixed size c in which every client is "
+                "equally likely: use sampler=uniform, cyclic or full"
             )
         c = task.num_clients if sampler is None else sampler.max_cohort_size
         if c < 2:
@@ -192,14 +194,14 @@ class Tamuna(FedsimStrategy):
         chi = c * (s - 1) / (s * (c - 1))
         auto_p = 1.0
         if _auto(method, "p"):
-            kappa = condition_number(task, "tamuna")
+            kappa = condition_number(task, "tamuna", "p")
             auto_p = math.sqrt(task.num_clients / (chi * c * kappa))
         out["p"] = p = probability("method.p", method.get("p"), min(1.0, auto_p))
         out["eta"] = eta = positive_or_auto("method.eta", method.get("eta"), p * chi)
-        if eta > p * chi * (1 + 1e-12):
+        if not p / 2 * (1 - 1e-12) <= eta <= p * chi * (1 + 1e-12):
             raise ConfigError(
-                f"method.eta={eta} exceeds p·χ = {p * chi:.6g} (χ = c(s−1)/(s(c−1)) with c={c}, "
-                f"s={s}); TAMUNA needs 0 < eta <= p·χ"
+                f"method.eta={eta} lies outside [p/2, p·χ] = [{p / 2:.6g}, {p * chi:.6g}] "
+                f"(χ = c(s−1)/(s(c−1)) with c={c}, s={s}), the range the authors' code admits"
             )
         return out
 
@@ -275,7 +277,6 @@ def fivegcs_stepsizes(
     (``experiments/local_training/README.md``).
     """
     big_l, mu = uniform_form(task)
-    condition_number(task, "fivegcs")
     m = task.num_clients
     l_f = np.maximum(m * task.weights * task.client_L - mu, 1e-12 * big_l)
     pi = np.ones(m) if sampler is None else sampler.inclusion_probabilities()
@@ -324,7 +325,15 @@ class FiveGCS(FedsimStrategy):
     @classmethod
     def resolve(cls, method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
         product = positive_or_auto("method.gamma_tau", method.get("gamma_tau"), GAMMA_TAU)
-        gamma, tau = fivegcs_stepsizes(task, sampler, product, float(method.get("omega", 0.0)))
+        if sampler is not None and np.min(sampler.inclusion_probabilities()) <= 0:
+            raise ConfigError(
+                f"method {method['name']!r} needs every client to be sampled with a positive "
+                "probability (its dual never moves otherwise): check sampler.probabilities"
+            )
+        gamma = tau = 1.0
+        if _auto(method, "primal_lr") or _auto(method, "dual_lr"):
+            condition_number(task, method["name"], "primal_lr and dual_lr")
+            gamma, tau = fivegcs_stepsizes(task, sampler, product, float(method.get("omega", 0)))
         out = dict(method, gamma_tau=product)
         out["primal_lr"] = positive_or_auto("method.primal_lr", method.get("primal_lr"), gamma)
         out["dual_lr"] = positive_or_auto("method.dual_lr", method.get("dual_lr"), tau)
@@ -417,9 +426,14 @@ class FiveGCSCC(FiveGCS):
         c = task.num_clients if sampler is None else sampler.max_cohort_size
         omega = float(comp.omega(task.dim, Slot(0, c)))
         out = super().resolve({**method, "omega": omega}, task, sampler)
-        out["dual_shift"] = positive_or_auto(
+        out["dual_shift"] = shift = positive_or_auto(
             "method.dual_shift", method.get("dual_shift"), 1 / (1 + omega)
         )
+        if shift > 1:
+            raise ConfigError(
+                f"method.dual_shift={shift} must lie in (0, 1] (a shift beyond the new dual "
+                f"overshoots; the default is 1/(1+ω) = {1 / (1 + omega):.4g})"
+            )
         return out
 
     @classmethod

@@ -153,7 +153,9 @@ def test_scaffnew_converges_linearly_and_keeps_sum_h_zero(compose):
 
     rows = drive(cfg, check)
     assert max(sums) < 1e-10
-    assert rel_dist(rows)[-1] <= 1e-10
+    rel = rel_dist(rows)
+    assert rel[-1] <= 1e-10
+    assert np.all(rel[5::5] / rel[:-5:5] < 0.5)  # every 50 rounds at least halve the distance
 
 
 def test_tamuna_compression_saves_uplink_floats_at_equal_c_and_p(compose):
@@ -248,7 +250,10 @@ def test_lost_messages_and_replies_do_not_move_the_optimum(compose, method, roun
         "method=fivegcs_cc": "FlakyFiveGCSCC",
     }[method[0]]
     cfg = compose(
-        *LOGREG, *method, f"method.client=tests.flaky_clients.{flaky}", f"num_rounds={rounds}",
+        *LOGREG,
+        *method,
+        f"method.client=tests.flaky_clients.{flaky}",
+        f"num_rounds={rounds}",
         "eval_every=10",
     )
     checks = []
@@ -281,11 +286,24 @@ def test_lost_messages_and_replies_do_not_move_the_optimum(compose, method, roun
         (("method=tamuna", "method.s=6"), "exceeds the cohort size"),
         (("method=tamuna", "method.s=1"), "method.s must be an integer >= 2"),
         (("method=tamuna", "method.p=1.5"), "method.p must lie in (0, 1]"),
-        (("method=tamuna", "method.p=0.5", "method.eta=0.5"), "exceeds p·χ"),
+        (("method=tamuna", "method.p=0.5", "method.eta=0.5"), "eta=0.5 lies outside"),
         (("method=tamuna", "sampler=importance"), "fixed size"),
         (("method=fivegcs_cc", "compressor=top_k"), "needs an unbiased compressor"),
         (("method=fivegcs", "compressor=rand_k"), "does not use compressor"),
         (("method=fivegcs", "method.local_steps=0"), "method.local_steps"),
+        (("method=tamuna", "method.p=0.5", "method.eta=0.2"), "outside [p/2, p·χ]"),
+        (("method=fivegcs_cc", "compressor=qsgd", "method.dual_shift=2"), "dual_shift=2.0"),
+        (("method=fivegcs", "task.l2=0"), "set method primal_lr and dual_lr"),
+        (("method=tamuna", "task.l2=0"), "set method p explicitly"),
+        (
+            (
+                "method=fivegcs",
+                "sampler=importance",
+                "sampler.cohort_size=5",
+                "sampler.probabilities=[0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]",
+            ),
+            "positive probability",
+        ),
     ],
 )
 def test_impossible_settings_are_refused_before_the_run(compose, overrides, message):
@@ -294,3 +312,15 @@ def test_impossible_settings_are_refused_before_the_run(compose, overrides, mess
     with pytest.raises(ConfigError, match=None) as err:
         compose(*LOGREG, *COHORT, *overrides)
     assert message in str(err.value)
+
+
+def test_explicit_stepsizes_need_no_strong_convexity(compose):
+    cfg = compose(
+        *LOGREG,
+        *COHORT,
+        "method=fivegcs",
+        "task.l2=0",
+        "method.primal_lr=5",
+        "method.dual_lr=0.1",
+    )
+    assert cfg["method"]["primal_lr"] == 5.0 and cfg["method"]["mu"] == 0.0
