@@ -24,6 +24,7 @@ log = logging.getLogger("fedsim")
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from fedsim.build import resolve
     from fedsim.runner import print_summary, quiet_flower, run, summarize
@@ -53,6 +54,9 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:  # noqa: BLE001 - report the cause, not Ray's stack
         print(f"fedsim: run failed: {err}", file=sys.stderr)
         log.debug("run failed", exc_info=True)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one diverged grid point: sweep on
+            (outdir / "FAILED").write_text(f"{err}\n")
+            return None
         sys.exit(1)
     summary = summarize(resolved, rows, outdir)
     if resolved["output"].get("plot", True) and rows:

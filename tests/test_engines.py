@@ -71,3 +71,40 @@ def test_local_training_methods_agree_on_inline_and_ray(compose, tmp_path, name)
         b = np.array([r[column] for r in ray], dtype=float)
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
     assert inline[-1]["dist_sq"] < inline[0]["dist_sq"]
+
+
+CLIPPED = {
+    "clip_local_gdj": ("method=clip_local_gdj", "sampler=full", "method.clip_vector=full_gradient"),
+    "clerr": ("method=clerr", "sampler=full", "method.batch_size=4"),
+    "clipped_rr_cli": (
+        "method=clipped_rr_cli",
+        "sampler=cyclic",
+        "sampler.cohort_size=2",
+        "method.batch_size=4",
+        "method.server_lr=1e-6",
+        "method.client_lr=1e-6",
+    ),
+    "ce_fedavg": ("method=ce_fedavg", "sampler=uniform", "sampler.cohort_size=2"),
+    "celgc": ("method=celgc", "sampler=full", "method.local_solver=sgd", "method.batch_size=4"),
+}
+
+
+@pytest.mark.parametrize("name", list(CLIPPED))
+def test_clipped_methods_agree_on_inline_and_ray(compose, tmp_path, name):
+    common = (
+        "task=quartic",
+        "num_clients=4",
+        "task.dim=6",
+        "task.num_points=40",
+        "num_rounds=4",
+        "seed=2",
+        *CLIPPED[name],
+    )
+    inline = run(compose(*common, "engine=inline"), tmp_path / "inline")
+    ray = run(compose(*common, "engine=ray", "engine.round_timeout=120"), tmp_path / "ray")
+    assert len(inline) == len(ray) == 5
+    for column in ("loss", "up_bits", "grad_evals"):
+        a = np.array([r[column] for r in inline], dtype=float)
+        b = np.array([r[column] for r in ray], dtype=float)
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
+    assert inline[-1]["gap"] < inline[0]["gap"]

@@ -15,6 +15,8 @@ Tasks (``task.name``):
   multi-class sets use one-vs-rest (``positive_class`` vs the rest) or the multinomial loss.
   Partitions split by the original class labels in both modes.
 - ``quadratic``: :mod:`fedsim.tasks.quadratic`, one client per partition id (``natural`` only).
+- ``quartic``: :mod:`fedsim.tasks.quartic`, ``(1/N) Σ ‖x − x_i‖⁴`` with the points sorted by
+  norm and cut into contiguous client blocks (``natural`` only); ``x0 = x0_scale · 1``.
 - ``mlp_digits``: :mod:`fedsim.tasks.mlp` on ``digits``; no ``x*`` (``solve = None``).
 
 Convex tasks start at ``x0 = 0`` (or ``x0_scale · N(0, I)``); ``mu`` is ``l2`` (logistic) or
@@ -45,6 +47,7 @@ TASK_NAMES: tuple[str, ...] = (
     "logreg_libsvm",
     "logreg_sklearn",
     "quadratic",
+    "quartic",
     "mlp_digits",
 )
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -80,6 +83,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "mu": 1.0,
         "heterogeneity": 1.0,
         "x0_scale": 0.0,
+    },
+    "quartic": {
+        "dim": 100,
+        "num_points": 1000,
+        "x0_scale": 10.0,
     },
     "mlp_digits": {
         "hidden": 32,
@@ -287,6 +295,33 @@ def _build_quadratic(
     )
 
 
+def _build_quartic(
+    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+) -> Task:
+    from fedsim.tasks.quartic import Quartic, quartic_points
+
+    if partition_cfg.get("name") != "natural":
+        raise ConfigError(
+            "task 'quartic' splits its points sorted by norm into contiguous blocks: use "
+            f"partition=natural, not {partition_cfg.get('name')!r}"
+        )
+    dim = _number(opts, "dim", int, 1)
+    n = _number(opts, "num_points", int, num_clients)
+    x0 = np.full(dim, _number(opts, "x0_scale", float, float("-inf")))
+    # The points are drawn from the task's own seed 0 (the authors' numpy seed 0), so every run
+    # seed faces the same problem; run seeds change sampling and local data order only.
+    points = quartic_points(n, dim, 0)
+    blocks = np.array_split(np.arange(n), num_clients)
+    clients = [Quartic(points[b], x0) for b in blocks]
+    full = Quartic(points, x0)
+
+    def solve() -> tuple[np.ndarray, float]:
+        start = points.mean(axis=0)
+        return optimum.cached(full.fingerprint(), lambda: optimum.newton(full, start))
+
+    return Task(name="quartic", dim=dim, clients=clients, full=full, x0=x0, mu=0.0, solve=solve)
+
+
 def _build_mlp(
     opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
 ) -> Task:
@@ -330,6 +365,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int], Task]]
     "logreg_libsvm": _build_libsvm,
     "logreg_sklearn": _build_sklearn,
     "quadratic": _build_quadratic,
+    "quartic": _build_quartic,
     "mlp_digits": _build_mlp,
 }
 
