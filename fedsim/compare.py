@@ -41,7 +41,7 @@ class Comparison:
     axis: str
     better: str
     worse: tuple[str, ...]
-    metric: str = "dist_sq"  # dist_sq (relative to round 0) | gap (f − f*)
+    metric: str = "dist_sq"  # dist_sq (relative to round 0) | gap (f − f*) | loss
     seeds: tuple[int, ...] = (0, 1, 2)
     kind: str = "reach"  # reach | final
     rounds_per_point: int = 300  # evaluate about this many times per run
@@ -115,7 +115,11 @@ def main(
     for (arm, _), curve in zip(jobs, curves, strict=True):
         by_arm[arm.label].append(curve)
 
-    shown_metric = "final dist_sq/dist_sq(x0)" if comp.metric == "dist_sq" else "final f − f*"
+    shown_metric = {
+        "dist_sq": "final dist_sq/dist_sq(x0)",
+        "gap": "final f − f*",
+        "loss": "final loss",
+    }.get(comp.metric, f"final {comp.metric}")
     last = "" if comp.kind == "final" else f" | {comp.axis} to {comp.level:g}"
     lines = [
         f"# {comp.title}",
@@ -176,7 +180,8 @@ def figure(comp: Comparison, by_arm: dict[str, list[dict]], path: Path) -> None:
         if comp.kind == "reach":
             ax.axhline(comp.level, color="gray", lw=0.8, ls=":")
         ax.set_xlabel(labels[axis])
-        ax.set_ylabel("dist_sq / dist_sq(x0)" if comp.metric == "dist_sq" else "f(x) − f*")
+        ylabels = {"dist_sq": "dist_sq / dist_sq(x0)", "gap": "f(x) − f*", "loss": "f(x)"}
+        ax.set_ylabel(ylabels.get(comp.metric, comp.metric))
         ax.set_ylim(bottom=max(1e-16, ax.get_ylim()[0]))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

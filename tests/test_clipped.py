@@ -130,3 +130,32 @@ def test_server_clipping_beats_client_clipping_on_the_quartic(compose):
     ).mean()
     assert gdj < ce_full, (gdj, ce_full)
     assert rr_cli < ce_pp, (rr_cli, ce_pp)
+
+
+def test_selection_rule_takes_the_lowest_tail_mean_and_ranks_diverged_runs_last(tmp_path):
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    sys.path.insert(
+        0, str(Path(__file__).resolve().parents[1] / "experiments/generalized_smoothness")
+    )
+    from select_best import select
+
+    def job(i, c0, losses, failed=False):
+        d = tmp_path / "sweep" / str(i)
+        d.mkdir(parents=True)
+        cfg = {"num_rounds": len(losses) - 1, "method": {"name": "m", "c0": c0, "c1": 0.0}}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        rows = "\n".join(f"{r},{v}" for r, v in enumerate(losses))
+        (d / "metrics.csv").write_text("round,loss\n" + rows + "\n")
+        if failed:
+            (d / "FAILED").write_text("diverged\n")
+
+    job(0, 1.0, [9, 5, 4, 3, 2, 1, 1, 1, 1, 1, 3.0])  # tail (rounds 8-10): 5/3
+    job(1, 2.0, [9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1.0])  # tail 1: the lowest
+    job(2, 3.0, [9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0], failed=True)  # lower, but it diverged
+    best = select([tmp_path / "sweep"])
+    values, score, tried = best["sweep"]
+    assert values == {"c0": 2.0, "c1": 0.0} and score == pytest.approx(1.0) and tried == 3

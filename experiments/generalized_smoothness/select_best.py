@@ -48,19 +48,18 @@ def tail_loss(run: Path) -> float:
     return sum(values) / len(values)
 
 
-def setting(run: Path) -> tuple[str, tuple[tuple[str, float], ...]]:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    method = cfg["method"]
-    return method["name"], tuple((k, method[k]) for k in TUNED_KEYS if k in method)
+def setting(run: Path) -> tuple[tuple[str, float], ...]:
+    method = yaml.safe_load((run / "config.yaml").read_text())["method"]
+    return tuple((k, method[k]) for k in TUNED_KEYS if k in method)
 
 
 def select(sweeps: list[Path]) -> dict[str, tuple[dict, float, int]]:
-    """``method -> (best setting, its mean tail loss, grid points tried)``."""
+    """``sweep name -> (best setting, its mean tail loss, grid points tried)``; a sweep
+    directory holds one method's grid (its name labels the method)."""
     scores: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     for sweep in sweeps:
         for metrics in sorted(sweep.rglob("metrics.csv")):
-            name, key = setting(metrics.parent)
-            scores[name][key].append(tail_loss(metrics.parent))
+            scores[sweep.name][setting(metrics.parent)].append(tail_loss(metrics.parent))
     best = {}
     for name, grid in scores.items():
         means = {k: sum(v) / len(v) for k, v in grid.items()}
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(best: dict[str, tuple[dict, float, int]]) -> str:
     """One markdown table row per method."""
     lines = [
-        "| method | selected | mean f − f* over the last fifth | settings tried |",
+        "| method | selected | mean f − f* (or loss) over the last fifth | settings tried |",
         "|---|---|---|---|",
     ]
     for name, (values, loss, tried) in sorted(best.items()):
