@@ -44,21 +44,31 @@ def nonnegative(name: str, value: object) -> float:
     return float(value)
 
 
+def positive(name: str, value: object) -> float:
+    """A positive number; these methods have no theory-derived ``auto`` value (their defaults
+    are tuned, see ``experiments/generalized_smoothness/tune.py``)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        raise ConfigError(
+            f"{name} has no 'auto' value for the clipped methods: give a number (the defaults "
+            "in conf/method/ are tuned on the quartic; tune.py tunes them for another task)"
+        )
+    return positive_or_auto(name, value, 1.0)
+
+
 def resolve_common(method: Mapping, solvers: tuple[str, ...], clip: bool = True) -> dict:
     """Validate the local-step knobs (and ``c0 > 0``, ``c1 ≥ 0``, ``clip_vector``)."""
     out = dict(method)
     solver = method.get("local_solver", "gd")
     if solver not in solvers:
         raise ConfigError(
-            f"method {method['name']!r}: local_solver={solver!r} is not one of "
-            f"{', '.join(solvers)}"
+            f"method {method['name']!r}: local_solver={solver!r} is not one of {', '.join(solvers)}"
         )
     for key in ("local_steps", "local_epochs", "batch_size"):
         out[key] = int_at_least(f"method.{key}", method.get(key, 1), 1)
     if "client_lr" in method:
-        out["client_lr"] = positive_or_auto("method.client_lr", method["client_lr"], 1.0)
+        out["client_lr"] = positive("method.client_lr", method["client_lr"])
     if clip:
-        out["c0"] = positive_or_auto("method.c0", method.get("c0"), 1.0)
+        out["c0"] = positive("method.c0", method.get("c0"))
         out["c1"] = nonnegative("method.c1", method.get("c1", 0.0))
         vector = method.get("clip_vector", "update")
         if vector not in CLIP_VECTORS:
@@ -185,10 +195,8 @@ class CEFedAvg(FedAvg):
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
         out = resolve_common(method, SOLVERS, clip=False)
-        out["server_lr"] = positive_or_auto("method.server_lr", method.get("server_lr"), 1.0)
-        out["client_clip"] = positive_or_auto(
-            "method.client_clip", method.get("client_clip"), 1.0
-        )
+        out["server_lr"] = positive("method.server_lr", method.get("server_lr"))
+        out["client_clip"] = positive("method.client_clip", method.get("client_clip"))
         return out
 
 

@@ -159,3 +159,22 @@ def test_selection_rule_takes_the_lowest_tail_mean_and_ranks_diverged_runs_last(
     best = select([tmp_path / "sweep"])
     values, score, tried = best["sweep"]
     assert values == {"c0": 2.0, "c1": 0.0} and score == pytest.approx(1.0) and tried == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("method=clip_local_gdj", "method.client_lr=auto"), "no 'auto' value"),
+        (("method=clip_local_gdj", "method.c1=-1"), "method.c1 must be a number >= 0"),
+        (("method=clip_local_gdj", "method.clip_vector=norm"), "valid choices: full_gradient"),
+        (("method=clerr", "method.local_solver=gd"), "is not one of rr, so"),
+        (("method=clipped_rr_cli", "method.clip_vector=full_gradient"), "needs every client"),
+        (("method=ce_fedavg", "method.client_clip=0"), "method.client_clip"),
+    ],
+)
+def test_impossible_clipped_settings_are_refused(compose, overrides, message):
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        compose(*SMALL, "sampler=cyclic", "sampler.cohort_size=1", *overrides)
+    assert message in str(err.value)
