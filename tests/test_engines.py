@@ -51,6 +51,18 @@ LOCAL_TRAINING = {
 }
 
 
+def same_on_inline_and_ray(compose, tmp_path, common, columns) -> list[dict]:
+    """Run ``common`` on both engines; the ``columns`` agree to rtol 1e-9. Returns inline's rows."""
+    inline = run(compose(*common, "engine=inline"), tmp_path / "inline")
+    ray = run(compose(*common, "engine=ray", "engine.round_timeout=120"), tmp_path / "ray")
+    assert len(inline) == len(ray)
+    for column in columns:
+        a = np.array([r[column] for r in inline], dtype=float)
+        b = np.array([r[column] for r in ray], dtype=float)
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
+    return inline
+
+
 @pytest.mark.parametrize("name", list(LOCAL_TRAINING))
 def test_local_training_methods_agree_on_inline_and_ray(compose, tmp_path, name):
     """Client state (control variates, duals), per-client instructions and compressed payloads
@@ -63,14 +75,9 @@ def test_local_training_methods_agree_on_inline_and_ray(compose, tmp_path, name)
         "seed=5",
         *LOCAL_TRAINING[name],
     )
-    inline = run(compose(*common, "engine=inline"), tmp_path / "inline")
-    ray = run(compose(*common, "engine=ray", "engine.round_timeout=120"), tmp_path / "ray")
-    assert len(inline) == len(ray) == 4
-    for column in ("loss", "dist_sq", "up_bits", "up_floats", "down_bits", "grad_evals"):
-        a = np.array([r[column] for r in inline], dtype=float)
-        b = np.array([r[column] for r in ray], dtype=float)
-        np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
-    assert inline[-1]["dist_sq"] < inline[0]["dist_sq"]
+    columns = ("loss", "dist_sq", "up_bits", "up_floats", "down_bits", "grad_evals")
+    rows = same_on_inline_and_ray(compose, tmp_path, common, columns)
+    assert len(rows) == 4 and rows[-1]["dist_sq"] < rows[0]["dist_sq"]
 
 
 CLIPPED = {
@@ -100,11 +107,5 @@ def test_clipped_methods_agree_on_inline_and_ray(compose, tmp_path, name):
         "seed=2",
         *CLIPPED[name],
     )
-    inline = run(compose(*common, "engine=inline"), tmp_path / "inline")
-    ray = run(compose(*common, "engine=ray", "engine.round_timeout=120"), tmp_path / "ray")
-    assert len(inline) == len(ray) == 5
-    for column in ("loss", "up_bits", "grad_evals"):
-        a = np.array([r[column] for r in inline], dtype=float)
-        b = np.array([r[column] for r in ray], dtype=float)
-        np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
-    assert inline[-1]["gap"] < inline[0]["gap"]
+    rows = same_on_inline_and_ray(compose, tmp_path, common, ("loss", "up_bits", "grad_evals"))
+    assert len(rows) == 5 and rows[-1]["gap"] < rows[0]["gap"]
