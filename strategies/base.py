@@ -112,6 +112,10 @@ class FedsimStrategy(Strategy):
         the model's size)."""
         return [(self.task.dim,)]
 
+    def expected_dtypes(self, pid: int) -> list[np.dtype] | None:
+        """Dtypes a valid reply of client ``pid`` must have this round (default: any)."""
+        return None
+
     def down_floats(self, arrays: list[np.ndarray]) -> int:
         """Real numbers sent to one client, by the papers' convention (default: all entries)."""
         return sum(int(a.size) for a in arrays)
@@ -218,6 +222,12 @@ class FedsimStrategy(Strategy):
             log.warning("client %d sent an unreadable reply; counted as a failure", pid)
             return None
         shapes = [a.shape for a in arrays]
+        dtypes = self.expected_dtypes(pid)
+        if dtypes is not None and [a.dtype for a in arrays] != dtypes:
+            log.warning(
+                "client %d sent arrays of dtypes %s; failure", pid, [a.dtype for a in arrays]
+            )
+            return None
         if shapes != self.expected_shapes(pid) or not all(np.isfinite(a).all() for a in arrays):
             log.warning(
                 "client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes

@@ -413,6 +413,7 @@ class FiveGCSCC(FiveGCS):
         self.shift = float(method["dual_shift"])
         self._slots: dict[int, Slot] = {}
         self._shapes: dict[int, list[tuple[int, ...]]] = {}
+        self._dtypes: dict[int, list[np.dtype]] = {}
 
     @classmethod
     def resolve(cls, method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
@@ -452,11 +453,15 @@ class FiveGCSCC(FiveGCS):
             self._slots[pid] = slot = Slot(i, n)
             payload = self.compressor.compress(zeros, self._rng(rnd, pid), slot)
             self._shapes[pid] = [a.shape for a in payload]
+            self._dtypes[pid] = [a.dtype for a in payload]
             out[pid] = (out[pid][0], {**out[pid][1], "position": i, "cohort_size": n})
         return out
 
     def expected_shapes(self, pid: int) -> list[tuple[int, ...]]:
         return self._shapes.get(pid, [])
+
+    def expected_dtypes(self, pid: int) -> list[np.dtype] | None:
+        return self._dtypes.get(pid, [])  # the payload's own dtypes (int codes, levels, bits)
 
     def increments(self, rnd: int, cohort: Cohort, replies: list[Reply]) -> np.ndarray:
         d = self.task.dim

@@ -38,3 +38,13 @@ class FlakyFiveGCS(Flaky, FiveGCSClient):
 
 class FlakyFiveGCSCC(Flaky, FiveGCSCCClient):
     pass
+
+
+class FloatLevels(FiveGCSCCClient):
+    """Client 0 sends qsgd's integer levels as floats (garbage of the right shape) in round 2."""
+
+    def fit(self, parameters, config):
+        arrays, n, metrics = super().fit(parameters, config)
+        if self.pid == 0 and int(config["round"]) == 2:
+            arrays = [a.astype(float) for a in arrays]
+        return arrays, n, metrics

@@ -279,6 +279,20 @@ def test_lost_messages_and_replies_do_not_move_the_optimum(compose, method, roun
     assert rel_dist(rows)[-1] <= 1e-10
 
 
+def test_a_payload_of_the_wrong_dtype_is_a_counted_failure(compose):
+    cfg = compose(
+        *LOGREG,
+        "sampler=full",
+        "method=fivegcs_cc",
+        "compressor=qsgd",
+        "method.client=tests.flaky_clients.FloatLevels",
+        "num_rounds=4",
+    )
+    rows = run(cfg, None)
+    assert [r["failures"] for r in rows] == [0, 0, 1, 0, 0]
+    assert rows[-1]["dist_sq"] < rows[0]["dist_sq"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
