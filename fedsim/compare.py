@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,6 @@ class Comparison:
     seeds: tuple[int, ...] = (0, 1, 2)
     kind: str = "reach"  # reach | final
     rounds_per_point: int = 300  # evaluate about this many times per run
-    extra: dict = field(default_factory=dict)
 
 
 def run_one(overrides: Sequence[str], metric: str = "dist_sq") -> dict[str, np.ndarray]:

@@ -18,17 +18,19 @@ from fedsim.tasks.base import Objective
 class Quartic(Objective):
     """``f(x) = (1/n) Σ_j ‖x − p_j‖⁴`` over the rows ``p_j`` of ``points``; a sample is a point.
 
-    ``smoothness`` is ``‖∇²f(x_ref)‖`` at the reference point given (the run's ``x0``): the
-    quartic has no global ``L``, so that is only the curvature where a run starts.
+    ``smoothness`` is ``‖∇²f(x_ref)‖`` and ``sample_smoothness`` the largest single-point
+    curvature ``12‖x_ref − p_j‖²``, both at the reference point given (the run's ``x0``): the
+    quartic has no global ``L``, so these are only the curvatures where a run starts.
     """
 
     def __init__(self, points: np.ndarray, x_ref: np.ndarray) -> None:
         self.points = np.ascontiguousarray(points, dtype=np.float64)
         self.num_samples = len(self.points)
         self.dim = self.points.shape[1]
-        top = float(np.linalg.eigvalsh(self.hessian(x_ref))[-1])
-        self.smoothness = top
-        self.sample_smoothness = top * self.num_samples  # crude bound for single points
+        self.smoothness = float(np.linalg.eigvalsh(self.hessian(x_ref))[-1])
+        # one point's Hessian 4(‖r‖² I + 2 r rᵀ) has top eigenvalue 12‖r‖²
+        r = x_ref - self.points
+        self.sample_smoothness = float(12.0 * np.max(np.einsum("ij,ij->i", r, r)))
 
     def _rows(self, idx: np.ndarray | None) -> np.ndarray:
         return self.points if idx is None else self.points[idx]

@@ -265,14 +265,18 @@ def _build_sklearn(
     return _linear_task("logreg_sklearn", a, y, parts, _binary(l2), opts, seed)
 
 
+def _natural_only(task: str, why: str, partition_cfg: dict[str, Any]) -> None:
+    """Tasks that make their own clients accept only ``partition=natural``."""
+    if partition_cfg.get("name") != "natural":
+        raise ConfigError(
+            f"task {task!r} {why}: use partition=natural, not {partition_cfg.get('name')!r}"
+        )
+
+
 def _build_quadratic(
     opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
 ) -> Task:
-    if partition_cfg.get("name") != "natural":
-        raise ConfigError(
-            "task 'quadratic' generates one client per partition id: use partition=natural, "
-            f"not {partition_cfg.get('name')!r}"
-        )
+    _natural_only("quadratic", "generates one client per partition id", partition_cfg)
     dim = _number(opts, "dim", int, 1)
     mu = _number(opts, "mu", float, 0.0, strict=True)
     l_min = _number(opts, "L_min", float, mu)
@@ -300,11 +304,9 @@ def _build_quartic(
 ) -> Task:
     from fedsim.tasks.quartic import Quartic, quartic_points
 
-    if partition_cfg.get("name") != "natural":
-        raise ConfigError(
-            "task 'quartic' splits its points sorted by norm into contiguous blocks: use "
-            f"partition=natural, not {partition_cfg.get('name')!r}"
-        )
+    _natural_only(
+        "quartic", "splits its points sorted by norm into contiguous blocks", partition_cfg
+    )
     dim = _number(opts, "dim", int, 1)
     n = _number(opts, "num_points", int, num_clients)
     x0 = np.full(dim, _number(opts, "x0_scale", float, float("-inf")))
