@@ -6,7 +6,7 @@
 - :class:`CEFedAvgClient` (clip-FedAvg): local steps, send ``clip_cl((x − z_H)/H)``.
 - :class:`CELGCClient` (local clipped SGD): every local step ``z ← z − θ(s) s``, send ``x − z``.
 
-``θ(v) = 1/(c0 + c1‖v‖)`` (:func:`fedsim.clipping.clipped_stepsize`); only CELGC clips on the
+``θ(v) = 1/(c0 + c1‖v‖)`` (:func:`fedsim.blocks.clipping.clipped_stepsize`); only CELGC clips on the
 client.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 from flwr.common import Context, Scalar
 
 from clients.base import FedsimClient
-from fedsim.clipping import clip_to_norm, clipped_stepsize
-from fedsim.solvers import epoch_batches
+from fedsim.blocks.clipping import clip_to_norm, clipped_stepsize
+from fedsim.blocks.solvers import epoch_batches
 from fedsim.tasks.base import Objective, Task
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from flwr.common import Context, Scalar
 
 from clients.base import FedsimClient
-from fedsim.solvers import local_solve
+from fedsim.blocks.solvers import local_solve
 from fedsim.tasks.base import Objective, Task
 
 

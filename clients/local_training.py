@@ -13,8 +13,8 @@ import numpy as np
 from flwr.common import Context, Scalar
 
 from clients.base import FedsimClient
-from fedsim.compressors import Slot, build_compressor, compressor_rng
-from fedsim.patterns import support
+from fedsim.blocks.compressors import Slot, build_compressor, compressor_rng
+from fedsim.blocks.patterns import support
 from fedsim.tasks.base import Task
 
 Gradient = Callable[[np.ndarray], np.ndarray]

@@ -19,8 +19,8 @@ import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import Context
 
+from fedsim.blocks.samplers import Sampler, build_sampler
 from fedsim.errors import ConfigError, int_at_least, unknown
-from fedsim.samplers import Sampler, build_sampler
 from fedsim.tasks.base import Task
 from fedsim.tasks.registry import build_task
 

@@ -4,7 +4,7 @@
 
 - learns the node → partition-id map once, by a ``get_properties`` call to every node, and from
   then on addresses clients by partition id (works in simulation and deployment alike);
-- asks its :class:`~fedsim.samplers.Sampler` for each round's cohort;
+- asks its :class:`~fedsim.blocks.samplers.Sampler` for each round's cohort;
 - hands results to the method in partition-id order, so summation order never depends on the
   engine or on arrival order;
 - counts failures (exceptions, missing replies, arrays of the wrong shape or non-finite values)
@@ -38,8 +38,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedsim.blocks.samplers import Cohort, Sampler
 from fedsim.metrics import MetricsRecorder, evaluate
-from fedsim.samplers import Cohort, Sampler
 from fedsim.tasks.base import Task
 from fedsim.wire import decode, encode, wire_bits
 

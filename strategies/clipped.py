@@ -2,9 +2,9 @@
 
 Paper: "Methods with Local Steps and Random Reshuffling for Generally Smooth Non-Convex Federated
 Optimization" (arXiv 2412.02781), and the baselines of its authors' code. The server step is
-``θ(v) = 1/(c0 + c1‖v‖)`` (:func:`fedsim.clipping.clipped_stepsize`) with ``v`` the full gradient
-at the round's start (``method.clip_vector = full_gradient``, the theory: clients send
-``∇f_m(x)`` too) or the aggregated update itself (``update``, the authors' practical variant).
+``θ(v) = 1/(c0 + c1‖v‖)`` (:func:`fedsim.blocks.clipping.clipped_stepsize`) with ``v`` the full
+gradient at the round's start (``method.clip_vector = full_gradient``, the theory: clients
+send ``∇f_m(x)`` too) or the aggregated update itself (``update``, the authors' practical variant).
 
 - :class:`ClipLocalGDJ` (Algorithm 1, Clip-LocalGDJ): ``x ← x − θ(v) g``, ``g = Σ_m w_m g_m``
   the average of the clients' local gradients; with ``local_steps = 1`` and ``v = g`` it is
@@ -24,11 +24,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsim.clipping import clipped_stepsize
+from fedsim.blocks.clipping import clipped_stepsize
+from fedsim.blocks.samplers import Cohort, CyclicSampler, Sampler, unbiased_sum
+from fedsim.blocks.solvers import SOLVERS
+from fedsim.blocks.stepsizes import positive_or_auto
 from fedsim.errors import ConfigError, int_at_least
-from fedsim.samplers import Cohort, CyclicSampler, Sampler, unbiased_sum
-from fedsim.solvers import SOLVERS
-from fedsim.stepsizes import positive_or_auto
 from fedsim.tasks.base import Task
 from strategies.base import FedsimStrategy, Reply, RunSettings
 from strategies.fedavg import FedAvg

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedsim.blocks.samplers import Cohort, Sampler, unbiased_sum
+from fedsim.blocks.solvers import SOLVERS
+from fedsim.blocks.stepsizes import local_gd_lr, positive_or_auto
 from fedsim.errors import ConfigError, int_at_least
-from fedsim.samplers import Cohort, Sampler, unbiased_sum
-from fedsim.solvers import SOLVERS
-from fedsim.stepsizes import local_gd_lr, positive_or_auto
 from fedsim.tasks.base import Task
 from strategies.base import FedsimStrategy, Reply, RunSettings
 

@@ -21,11 +21,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsim.compressors import Slot, build_compressor, compressor_rng
-from fedsim.errors import ConfigError, int_at_least
-from fedsim.patterns import columns, support
-from fedsim.rng import generator
-from fedsim.samplers import (
+from fedsim.blocks.compressors import Slot, build_compressor, compressor_rng
+from fedsim.blocks.patterns import columns, support
+from fedsim.blocks.samplers import (
     Cohort,
     CyclicSampler,
     FullSampler,
@@ -33,7 +31,9 @@ from fedsim.samplers import (
     UniformSampler,
     unbiased_sum,
 )
-from fedsim.stepsizes import positive_or_auto
+from fedsim.blocks.stepsizes import positive_or_auto
+from fedsim.errors import ConfigError, int_at_least
+from fedsim.rng import generator
 from fedsim.tasks.base import Task
 from strategies.base import FedsimStrategy, Reply, RunSettings
 
@@ -141,8 +141,8 @@ class Tamuna(FedsimStrategy):
 
     Round ``r``: cohort ``Ω`` of ``c`` clients (``sampler``: full, uniform or cyclic), one
     ``L ~ Geometric(p)`` for the cohort, and this round's column permutation of the pattern
-    (:mod:`fedsim.patterns`). Each client uploads the entries of its local model on its column's
-    support; the server averages every coordinate over its ``s`` holders,
+    (:mod:`fedsim.blocks.patterns`). Each client uploads the entries of its local model on its
+    column's support; the server averages every coordinate over its ``s`` holders,
 
         x̄⁺ = (1/s) Σ_{i∈Ω} q_i ⊙ x_i,
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from fedsim.blocks.clipping import clipped_stepsize
 from fedsim.build import task_of
-from fedsim.clipping import clipped_stepsize
 from fedsim.runner import run
 from tests.test_local_training import drive
 

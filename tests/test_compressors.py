@@ -10,7 +10,7 @@ import pytest
 import yaml
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedsim.compressors import (
+from fedsim.blocks.compressors import (
     COMPRESSOR_NAMES,
     Compressor,
     Slot,

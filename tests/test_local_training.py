@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fedsim.app import server_fn
+from fedsim.blocks.patterns import support
 from fedsim.build import client_factory, task_of
 from fedsim.engines.inline import make_nodes, run_rounds
-from fedsim.patterns import support
 from fedsim.runner import run
 from fedsim.wire import encoded_size
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedsim.patterns import pattern, support
+from fedsim.blocks.patterns import pattern, support
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedsim.errors import ConfigError
-from fedsim.samplers import (
+from fedsim.blocks.samplers import (
     SAMPLER_NAMES,
     Cohort,
     CyclicSampler,
@@ -18,6 +17,7 @@ from fedsim.samplers import (
     capped_marginals,
     unbiased_sum,
 )
+from fedsim.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "sampler"
 Z = 4.0  # tolerance in standard errors for Monte-Carlo checks (fixed seeds: deterministic)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedsim.solvers import epoch_batches, local_solve
+from fedsim.blocks.solvers import epoch_batches, local_solve
 from fedsim.tasks.base import Objective
 
 
