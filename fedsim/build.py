@@ -19,6 +19,8 @@ import numpy as np
 from flwr.client import Client, NumPyClient
 from flwr.common import Context
 
+from fedsim.blocks.aggregators import build_aggregator
+from fedsim.blocks.attacks import CLIENT_SIDE, build_attack, byzantine_ids
 from fedsim.blocks.samplers import Sampler, build_sampler
 from fedsim.errors import ConfigError, int_at_least, unknown
 from fedsim.tasks.base import Task
@@ -50,9 +52,24 @@ def to_dict(cfg: Any) -> dict:
     return {k: v for k, v in dict(cfg).items() if k != "hydra"}
 
 
+def byzantine_of(cfg: Mapping) -> tuple[int, ...]:
+    """The Byzantine clients' partition ids (fixed for the run; none without an attack)."""
+    attack = cfg.get("attack") or {"name": "none"}
+    if attack.get("name", "none") == "none":
+        return ()
+    return byzantine_ids(int(cfg["num_clients"]), attack, int(cfg["seed"]))
+
+
 def task_of(cfg: Mapping) -> Task:
-    """The task of a resolved config (built once per process, then cached by the registry)."""
-    return build_task(dict(cfg["task"]), dict(cfg["partition"]), cfg["num_clients"], cfg["seed"])
+    """The task of a resolved config (built once per process, then cached by the registry); its
+    metrics and optimum are the honest clients' objective."""
+    return build_task(
+        dict(cfg["task"]),
+        dict(cfg["partition"]),
+        cfg["num_clients"],
+        cfg["seed"],
+        byzantine=byzantine_of(cfg),
+    )
 
 
 def sampler_of(cfg: Mapping, task: Task) -> Sampler:
@@ -161,6 +178,7 @@ def resolve(cfg: Any, solve: bool = False) -> dict:
             f"but num_clients={out['num_clients']}"
         )
     sampler = sampler_of(out, task)  # validates the sampler against the population
+    _check_byzantine(out, method, task, sampler, strategy_cls)
     out["method"] = strategy_cls.resolve(method, task, sampler)
     if solve:
         try:
@@ -168,6 +186,61 @@ def resolve(cfg: Any, solve: bool = False) -> dict:
         except (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError) as err:
             raise ConfigError(f"cannot compute the optimum of task {task.name!r}: {err}") from err
     return out
+
+
+# Compressors whose payload is float values only (indices, if any, are integers left alone): a
+# client-side attack can negate or replace the floats without breaking the decoder.
+_FLOAT_PAYLOADS = ("identity", "rand_k", "biased_rand_k", "top_k", "perm_k")
+
+
+def _check_byzantine(
+    out: dict, method: dict, task: Task, sampler: Sampler, strategy_cls: type
+) -> None:
+    """The attack and aggregator groups against the population, the task and the method."""
+    uses = getattr(strategy_cls, "uses", ())
+    if "attack" not in uses and "aggregator" not in uses:
+        return
+    n = int(out["num_clients"])
+    attack_cfg = dict(out.get("attack") or {"name": "none"})
+    attack = build_attack(attack_cfg, n, int(out["seed"]))
+    aggregator = build_aggregator(dict(out.get("aggregator") or {"name": "mean"}), len(attack.ids))
+    robust = not (aggregator.name == "mean" and aggregator.bucketing == 1)
+    if robust and sampler.__class__.__name__ not in (
+        "FullSampler",
+        "UniformSampler",
+        "CyclicSampler",
+    ):
+        raise ConfigError(
+            f"aggregator={aggregator.name} weighs every reply alike and needs cohorts of one "
+            f"fixed size drawn uniformly; valid samplers: full, uniform, cyclic "
+            f"(got {out['sampler']['name']!r})"
+        )
+    aggregator.check_inputs(sampler.max_cohort_size, "the cohort (sampler.cohort_size)")
+    if attack.name == "label_flip":
+        for b in attack.ids:
+            try:
+                task.clients[b].flipped()
+            except TypeError as err:
+                raise ConfigError(
+                    f"attack=label_flip needs a task with labels; task {task.name!r}: {err}"
+                ) from err
+    if attack.name in CLIENT_SIDE and attack.name != "label_flip":
+        comp = (out.get("compressor") or {}).get("name", "identity")
+        if comp not in _FLOAT_PAYLOADS:
+            raise ConfigError(
+                f"attack={attack.name} rewrites the float values of a reply; compressor={comp} "
+                f"sends codes. Valid compressors with this attack: {', '.join(_FLOAT_PAYLOADS)}"
+            )
+    if (
+        attack.is_omniscient
+        and attack.oracle == "all"
+        and not getattr(strategy_cls, "oracle_ready", False)
+    ):
+        raise ConfigError(
+            f"method {method['name']!r} keeps per-client state between rounds, so the honest "
+            "vectors of clients outside the cohort cannot be computed without side effects: "
+            "use attack.oracle=cohort"
+        )
 
 
 def build_strategy(cfg: Mapping, settings: Any) -> Any:
@@ -183,10 +256,18 @@ def client_factory(cfg: Mapping) -> Callable[[Context], NumPyClient]:
     cls = _class(cfg["method"]["client"], "client")
     method, seed = cfg["method"], cfg["seed"]
 
+    attack = cfg.get("attack") or {"name": "none"}
+    byzantine = set(task.byzantine)
+    client_side = attack.get("name") in CLIENT_SIDE
+
     def make(context: Context) -> NumPyClient:
         pid = int(context.node_config["partition-id"])
         if not 0 <= pid < task.num_clients:
             raise ConfigError(f"partition-id {pid} outside [0, {task.num_clients})")
+        if client_side and pid in byzantine:
+            from clients.attacks import byzantine_client
+
+            return byzantine_client(cls, method, task, attack, pid, seed, context)
         return cls.from_config(method, task, pid, seed, context)
 
     return make

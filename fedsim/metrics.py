@@ -28,6 +28,7 @@ COLUMNS = (
     "gap",
     "dist_sq",
     "accuracy",
+    "test_accuracy",
     "up_bits",
     "down_bits",
     "up_floats",
@@ -41,8 +42,9 @@ TRAFFIC = ("clients", "up_bits", "down_bits", "up_floats", "down_floats", "grad_
 def evaluate(task: Task, x: np.ndarray) -> dict[str, float | None]:
     """Centralized evaluation of ``x`` on the global objective ``f = Σ_m w_m f_m``.
 
-    loss = f(x), grad_norm_sq = ‖∇f(x)‖², gap = f(x) − f*, dist_sq = ‖x − x*‖², accuracy;
-    gap and dist_sq are ``None`` when the task has no optimum.
+    loss = f(x), grad_norm_sq = ‖∇f(x)‖², gap = f(x) − f*, dist_sq = ‖x − x*‖², accuracy (on the
+    training data), test_accuracy (on the task's held-out test set); gap and dist_sq are ``None``
+    when the task has no optimum, test_accuracy when it has no test set.
     """
     loss = task.full.loss(x)
     g = task.full.grad(x)
@@ -52,6 +54,7 @@ def evaluate(task: Task, x: np.ndarray) -> dict[str, float | None]:
         "gap": None,
         "dist_sq": None,
         "accuracy": task.full.accuracy(x),
+        "test_accuracy": None if task.test is None else task.test.accuracy(x),
     }
     opt = task.optimum()
     if opt is not None:

@@ -20,6 +20,9 @@ Schemes (``cfg["name"]``):
 - ``sorted``: samples ordered by ``keys`` (default: the labels; ties broken by a seeded
   permutation), then cut into ``M`` contiguous blocks whose sizes differ by at most one.
 - ``natural``: the task's own split (only tasks that have one accept it; see the registry).
+- ``replicated``: every client holds the whole data set (the homogeneous setting of the
+  Byzantine-robust experiments, arXiv 2311.14127 §5: ζ = 0). Clients are not disjoint here; the
+  tasks build one objective and share it.
 
 Seeds: the Flower partitioners get ``int_seed(seed, 0, "partition") mod 2**32``; permutations use
 ``generator(seed, 0, "partition")`` (DESIGN §6).
@@ -35,7 +38,14 @@ import numpy as np
 from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator, int_seed
 
-PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "by_label", "sorted", "natural")
+PARTITION_NAMES: tuple[str, ...] = (
+    "iid",
+    "dirichlet",
+    "by_label",
+    "sorted",
+    "natural",
+    "replicated",
+)
 _DIRICHLET_SEEDS = 50  # fresh seeds tried, each with the partitioner's own 11 draws
 _ASSIGNMENT_MODES = ("first-deterministic", "random", "deterministic")
 PARTITION_KEYS: dict[str, tuple[str, ...]] = {
@@ -44,6 +54,7 @@ PARTITION_KEYS: dict[str, tuple[str, ...]] = {
     "by_label": ("classes_per_client", "class_assignment"),
     "sorted": (),
     "natural": (),
+    "replicated": (),
 }
 
 
@@ -86,6 +97,8 @@ def partition_indices(
     n = labels.shape[0]
     if num_clients < 1:
         raise ConfigError(f"num_clients must be at least 1, got {num_clients}")
+    if name == "replicated":
+        return [np.arange(n, dtype=np.int64) for _ in range(num_clients)]
     if num_clients > n:
         raise ConfigError(
             f"cannot split {n} samples across {num_clients} clients: every client needs a sample"

@@ -14,6 +14,17 @@
 
 A method subclasses it and implements :meth:`fit_config` (what each sampled client receives) and
 :meth:`apply` (the server update from the cohort's replies).
+
+**Byzantine clients** (methods whose ``uses`` lists ``attack``). Between the reply check and
+:meth:`apply` every valid reply gets its decoded vector (:meth:`reply_vector`); an omniscient
+attack (ALIE, IPM, shift-back) then replaces the vectors of this round's Byzantine clients by the
+one vector it forges from the honest vectors it may see: the cohort's honest replies
+(``attack.oracle=cohort``), or every honest client's (``oracle=all``: the clients outside the
+cohort are asked too, flagged ``oracle`` in their config; their replies feed the adversary only
+and count in no traffic column). The method then combines the vectors with
+:meth:`robust_aggregate` (clip → bucket → aggregate, :mod:`fedsim.blocks.robust`). Client-side
+attacks (bit flip, label flip, Gaussian noise) are NumPyClient wrappers
+(:mod:`clients.attacks`) and need nothing here.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +50,12 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedsim.blocks.aggregators import build_aggregator
+from fedsim.blocks.attacks import Attack, build_attack
+from fedsim.blocks.robust import RobustStep
 from fedsim.blocks.samplers import Cohort, Sampler
 from fedsim.metrics import MetricsRecorder, evaluate
+from fedsim.rng import generator
 from fedsim.tasks.base import Task
 from fedsim.wire import decode, encode, wire_bits
 
@@ -72,6 +88,7 @@ class Reply:
     arrays: list[np.ndarray]
     metrics: dict[str, Scalar]
     num_examples: int
+    vector: np.ndarray | None = None  # decoded (and, for a Byzantine client, forged) vector
 
 
 class FedsimStrategy(Strategy):
@@ -82,12 +99,28 @@ class FedsimStrategy(Strategy):
     """
 
     uses: tuple[str, ...] = ()
+    # True when fit_config has no side effects and clients keep no state that an extra
+    # ``oracle`` call could change, so ``attack.oracle=all`` may ask every honest client.
+    oracle_ready: bool = False
 
-    def __init__(self, task: Task, sampler: Sampler, settings: RunSettings) -> None:
+    def __init__(
+        self,
+        task: Task,
+        sampler: Sampler,
+        settings: RunSettings,
+        attack: Attack | None = None,
+        robust: RobustStep | None = None,
+    ) -> None:
         super().__init__()
         self.task = task
         self.sampler = sampler
         self.settings = settings
+        self.attack = attack if attack is not None and attack.name != "none" else None
+        self.byzantine = frozenset(self.attack.ids) if self.attack is not None else frozenset()
+        self.robust = robust
+        self.robust_state = robust.init(task.dim) if robust is not None else None
+        self._oracle: set[int] = set()
+        self.oracle_template = -1  # the cohort member whose message the oracle calls copy
         self.x = np.array(task.x0, dtype=float, copy=True)
         path = Path(settings.outdir) / "metrics.csv" if settings.outdir else None
         self.recorder = MetricsRecorder(path)
@@ -120,6 +153,33 @@ class FedsimStrategy(Strategy):
         """Real numbers sent to one client, by the papers' convention (default: all entries)."""
         return sum(int(a.size) for a in arrays)
 
+    def cohort(self, rnd: int) -> Cohort:
+        """The clients of round ``rnd`` (default: the sampler's cohort)."""
+        return self.sampler.sample(rnd)
+
+    def reply_vector(self, rnd: int, reply: Reply) -> np.ndarray:
+        """The vector a reply stands for, decoded (default: its only array)."""
+        return reply.arrays[0]
+
+    def shift_back_target(self, rnd: int) -> np.ndarray:
+        """The vector that, as this round's aggregate, would put the model back at ``x0`` (the
+        shift-back attack's message). Methods that accept ``attack=shb`` override it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support attack=shb")
+
+    def robust_aggregate(
+        self,
+        rnd: int,
+        xs: np.ndarray,
+        clip: float | None = None,
+        reference: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``reference + Agg(clip(xs − reference))`` with the configured aggregator, its
+        bucketing drawn from ``(seed, rnd, "aggregator")`` and its state carried over rounds."""
+        assert self.robust is not None, "this method was built without an aggregator"
+        rng = generator(self.settings.seed, rnd, "aggregator")
+        out, self.robust_state = self.robust(xs, self.robust_state, rng, clip, reference)
+        return out
+
     # ----------------------------------------------------------------- Flower hooks
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         self.recorder.restart_clock()
@@ -135,13 +195,14 @@ class FedsimStrategy(Strategy):
         if not self._proxies:
             self._proxies = discover(client_manager, self.task.num_clients, self.settings)
             self._pid_of = {proxy.cid: pid for pid, proxy in self._proxies.items()}
-        cohort = self.sampler.sample(server_round)
+        cohort = self.cohort(server_round)
         self._cohort = cohort
         out = []
         down_bits = down_floats = 0
         # Clients that receive the very same arrays share one encoding: (params, bits, floats).
         shared: dict[int, tuple[Parameters, int, int]] = {}
-        for pid, (arrays, config) in self.fit_config(server_round, cohort).items():
+        instructions = self.fit_config(server_round, cohort)
+        for pid, (arrays, config) in instructions.items():
             entry = shared.get(id(arrays))
             if entry is None:
                 params = encode(arrays)
@@ -152,7 +213,25 @@ class FedsimStrategy(Strategy):
             config = {"round": server_round, **config}
             out.append((self._proxies[pid], FitIns(params, config)))
         self.recorder.add(down_bits=down_bits, down_floats=down_floats)
+        self._oracle = set()
+        if self.attack is not None and self.attack.is_omniscient and self.attack.oracle == "all":
+            out += self._oracle_instructions(server_round, cohort, instructions)
         return out
+
+    def _oracle_instructions(
+        self, rnd: int, cohort: Cohort, instructions: dict
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """The honest clients outside the cohort get the cohort's message, flagged ``oracle``:
+        their replies are seen by the adversary only (``attack.oracle=all``)."""
+        if not instructions:
+            return []
+        self.oracle_template = next(iter(instructions))
+        arrays, config = instructions[self.oracle_template]
+        params = encode(arrays)
+        everyone = set(range(self.task.num_clients))
+        self._oracle = everyone - set(cohort.ids.tolist()) - self.byzantine
+        config = {"round": rnd, **config, "oracle": 1}
+        return [(self._proxies[pid], FitIns(params, config)) for pid in sorted(self._oracle)]
 
     def aggregate_fit(
         self,
@@ -167,9 +246,16 @@ class FedsimStrategy(Strategy):
         evals: int | None = 0
         n_failed = len(failures)
         sampled = set(cohort.ids.tolist())
+        seen: list[Reply] = []  # honest replies of clients outside the cohort (oracle=all)
         for proxy, res in results:
+            pid = self._pid_of.get(proxy.cid, -1)
+            if pid in self._oracle:
+                extra = self._check(pid, res, self._oracle)
+                if extra is not None:
+                    seen.append(extra)
+                continue
             up_bits += wire_bits(res.parameters)
-            reply = self._check(self._pid_of.get(proxy.cid, -1), res, sampled)
+            reply = self._check(pid, res, sampled)
             if reply is None:
                 n_failed += 1
                 continue
@@ -178,8 +264,12 @@ class FedsimStrategy(Strategy):
             up_floats += int(floats) if floats is not None else sum(a.size for a in reply.arrays)
             done = reply.metrics.get("grad_evals")
             evals = None if done is None or evals is None else evals + int(done)
-        n_failed += len(cohort.ids) - len(results) - len(failures)  # never answered
+        # exceptions + garbage + never answered = the cohort less its valid replies (oracle
+        # calls are not the cohort's and never count)
+        n_failed = max(0, len(cohort.ids) - len(replies))
         replies.sort(key=lambda r: r.pid)
+        if "attack" in self.uses:
+            self._forge(server_round, cohort, replies, seen)
         self.recorder.add(
             up_bits=up_bits,
             up_floats=up_floats,
@@ -209,6 +299,25 @@ class FedsimStrategy(Strategy):
         self.apply(server_round, cohort, replies)
         return encode([self.x]), {"failures": n_failed}
 
+    def _forge(self, rnd: int, cohort: Cohort, replies: list[Reply], seen: list[Reply]) -> None:
+        """Decode every reply's vector; an omniscient attack replaces the Byzantine ones."""
+        for r in replies + seen:
+            r.vector = np.asarray(self.reply_vector(rnd, r), dtype=np.float64)
+        attack = self.attack
+        if attack is None or not attack.is_omniscient:
+            return
+        fakes = [r for r in replies if r.pid in self.byzantine]
+        if not fakes:
+            return
+        honest = [r.vector for r in replies if r.pid not in self.byzantine]
+        honest += [r.vector for r in seen]
+        stack = np.stack(honest) if honest else np.zeros((0, self.task.dim))
+        in_cohort = sum(1 for pid in cohort.ids.tolist() if pid in self.byzantine)
+        target = self.shift_back_target(rnd) if attack.name == "shb" else None
+        forged = attack.forge(stack, in_cohort, len(cohort), target)
+        for r in fakes:
+            r.vector = forged
+
     def _check(self, pid: int, res: FitRes, sampled: set[int]) -> Reply | None:
         """A valid reply of client ``pid`` (known from the proxy that answered, not from the
         reply), or None for garbage: unreadable arrays, wrong shapes, non-finite values, or a
@@ -222,13 +331,14 @@ class FedsimStrategy(Strategy):
             log.warning("client %d sent an unreadable reply; counted as a failure", pid)
             return None
         shapes = [a.shape for a in arrays]
-        dtypes = self.expected_dtypes(pid)
+        like = self.oracle_template if pid in self._oracle else pid  # oracle calls copy a message
+        dtypes = self.expected_dtypes(like)
         if dtypes is not None and [a.dtype for a in arrays] != dtypes:
             log.warning(
                 "client %d sent arrays of dtypes %s; failure", pid, [a.dtype for a in arrays]
             )
             return None
-        if shapes != self.expected_shapes(pid) or not all(np.isfinite(a).all() for a in arrays):
+        if shapes != self.expected_shapes(like) or not all(np.isfinite(a).all() for a in arrays):
             log.warning(
                 "client %d sent arrays %s (non-finite or wrong shape); failure", pid, shapes
             )
@@ -265,6 +375,16 @@ class FedsimStrategy(Strategy):
                 self._bar.close()
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}
         return float(row["loss"]), metrics
+
+
+def robust_blocks(
+    method: Mapping, task: Task, settings: RunSettings
+) -> tuple[Attack | None, RobustStep | None]:
+    """The attack and the robust step named by a method's ``attack``/``aggregator`` sections."""
+    attack_cfg = method.get("attack") or {"name": "none"}
+    attack = build_attack(attack_cfg, task.num_clients, settings.seed)
+    agg = build_aggregator(method.get("aggregator") or {"name": "mean"}, len(attack.ids))
+    return (attack if attack.name != "none" else None), RobustStep(agg)
 
 
 def discover(

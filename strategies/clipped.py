@@ -192,6 +192,8 @@ class CEFedAvg(FedAvg):
     send ``clip_cl((x − z_H)/H)``, the server steps ``x ← x − η Σ_{m∈S} a_m w_m u_m``. Unlike the
     authors' code, which divides a cohort's sum by M, the step is the unbiased estimate."""
 
+    uses = ()
+
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
         out = resolve_common(method, SOLVERS, clip=False)
@@ -203,6 +205,8 @@ class CEFedAvg(FedAvg):
 class CELGC(FedAvg):
     """Local clipped SGD (the authors' ``CELGC``): every client step ``z ← z − θ(s) s``; the
     server averages the models (``x ← x − Σ a_m w_m (x − z_m)``)."""
+
+    uses = ()
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:

@@ -9,6 +9,12 @@ where ``w_m = n_m/N`` and ``a_m`` are the sampler's Horvitz–Thompson multiplie
 is an unbiased estimate of the full-participation step ``η Σ_m w_m Δ_m`` for every sampler.
 With ``sampler=cyclic`` (each client exactly once per meta-epoch) this is FedAvg with regularized
 client participation (Malinovsky, Horváth, Burlachenko, Richtárik, arXiv 2302.03662, Alg. 1).
+
+With a robust aggregator (``aggregator=cm|tm|krum|rfa|cc``, fixed-size uniform cohorts) the
+weighted sum becomes ``x ← x − η · Agg({M w_m Δ_m}_{m∈S})``: for ``aggregator=mean`` this is the
+same step, since ``a_m = M/C``; the aggregator weighs every reply alike, as a server that cannot
+trust the clients' sample counts must. Attacks (``attack=``) rewrite the vectors ``M w_m Δ_m``
+the aggregator sees; the shift-back attack sends ``(x − x0)/η``.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedsim.blocks.attacks import Attack
+from fedsim.blocks.robust import RobustStep
 from fedsim.blocks.samplers import Cohort, Sampler, unbiased_sum
 from fedsim.blocks.solvers import SOLVERS
 from fedsim.blocks.stepsizes import local_gd_lr, positive_or_auto
 from fedsim.errors import ConfigError, int_at_least
 from fedsim.tasks.base import Task
-from strategies.base import FedsimStrategy, Reply, RunSettings
+from strategies.base import FedsimStrategy, Reply, RunSettings, robust_blocks
 
 
 def resolve_local(method: Mapping, task: Task) -> dict:
@@ -53,10 +61,18 @@ def weighted_displacement(replies: list[Reply], cohort: Cohort, weights: np.ndar
 class FedAvg(FedsimStrategy):
     """FedAvg with server stepsize ``η = method.server_lr`` (see the module docstring)."""
 
+    uses = ("aggregator", "attack")
+
     def __init__(
-        self, task: Task, sampler: Sampler, settings: RunSettings, server_lr: float = 1.0
+        self,
+        task: Task,
+        sampler: Sampler,
+        settings: RunSettings,
+        server_lr: float = 1.0,
+        attack: Attack | None = None,
+        robust: RobustStep | None = None,
     ) -> None:
-        super().__init__(task, sampler, settings)
+        super().__init__(task, sampler, settings, attack, robust)
         self.server_lr = server_lr
         self.weights = task.weights
 
@@ -69,12 +85,30 @@ class FedAvg(FedsimStrategy):
     def from_config(
         cls, method: Mapping, task: Task, sampler: Sampler, settings: RunSettings
     ) -> FedAvg:
-        return cls(task, sampler, settings, server_lr=float(method["server_lr"]))
+        attack, robust = robust_blocks(method, task, settings)
+        return cls(task, sampler, settings, float(method["server_lr"]), attack, robust)
 
     def fit_config(self, rnd: int, cohort: Cohort) -> dict[int, tuple[list[np.ndarray], dict]]:
         arrays = [self.x]
         return {int(pid): (arrays, {}) for pid in cohort.ids}
 
+    def shift_back_target(self, rnd: int) -> np.ndarray:
+        return (self.x - self.task.x0) / self.server_lr
+
+    def reply_vector(self, rnd: int, reply: Reply) -> np.ndarray:
+        """``M w_m Δ_m``: the vector the aggregator sees (and an attack forges)."""
+        return self.task.num_clients * self.weights[reply.pid] * reply.arrays[0]
+
     def apply(self, rnd: int, cohort: Cohort, replies: list[Reply]) -> None:
-        if replies:
-            self.x = self.x - self.server_lr * weighted_displacement(replies, cohort, self.weights)
+        if not replies:
+            return
+        if self.robust is None or self.robust.is_mean:
+            if self.attack is None:
+                step = weighted_displacement(replies, cohort, self.weights)
+            else:  # Σ a_m w_m Δ_m written over the (possibly forged) vectors M w_m Δ_m
+                pids = np.array([r.pid for r in replies], dtype=np.int64)
+                vectors = np.stack([r.vector for r in replies])
+                step = unbiased_sum(cohort, vectors, None, ids=pids) / self.task.num_clients
+        else:
+            step = self.robust_aggregate(rnd, np.stack([r.vector for r in replies]))
+        self.x = self.x - self.server_lr * step

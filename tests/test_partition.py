@@ -115,7 +115,11 @@ def test_float_labels_are_fine() -> None:
 @pytest.mark.parametrize(
     ("cfg", "clients", "match"),
     [
-        ({"name": "nope"}, 3, "valid choices: by_label, dirichlet, iid, natural, sorted"),
+        (
+            {"name": "nope"},
+            3,
+            "valid choices: by_label, dirichlet, iid, natural, replicated, sorted",
+        ),
         ({"name": "natural"}, 3, "natural"),
         ({"name": "iid"}, 1001, "1000 samples across 1001 clients"),
         ({"name": "iid"}, 0, "at least 1"),
@@ -132,4 +136,11 @@ def test_errors(cfg: dict, clients: int, match: str) -> None:
 
 
 def test_names() -> None:
-    assert set(PARTITION_NAMES) == {"iid", "dirichlet", "by_label", "sorted", "natural"}
+    assert set(PARTITION_NAMES) == {
+        "iid",
+        "dirichlet",
+        "by_label",
+        "sorted",
+        "natural",
+        "replicated",
+    }

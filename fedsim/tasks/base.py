@@ -36,6 +36,11 @@ class Objective(ABC):
         """Fraction of correctly classified samples, or ``None`` where it means nothing."""
         return None
 
+    def flipped(self) -> Objective:
+        """The same objective with every label flipped (the label-flipping attack): ``±1 → ∓1``,
+        class ``c → K − 1 − c`` of ``K``. Objectives without labels raise ``TypeError``."""
+        raise TypeError(f"{type(self).__name__} has no labels to flip")
+
 
 @dataclass
 class Task:
@@ -45,6 +50,9 @@ class Task:
     data (used for centralized evaluation). ``mu`` is a strong-convexity constant of every
     ``f_m`` (0 when there is none). ``solve`` returns ``(x*, f*)`` computed by an accurate solver,
     or ``None`` when the problem has no computable optimum; call :meth:`optimum`, which caches.
+    ``byzantine`` lists the Byzantine clients' partition ids: ``full`` and the optimum are then
+    the honest clients' objective (their weights renormalized), ``clients`` still lists all.
+    ``test`` is a held-out objective (test accuracy), or ``None``.
     """
 
     name: str
@@ -54,6 +62,8 @@ class Task:
     x0: np.ndarray
     mu: float = 0.0
     solve: Callable[[], tuple[np.ndarray, float] | None] | None = None
+    byzantine: tuple[int, ...] = ()
+    test: Objective | None = None
     _optimum: tuple[np.ndarray, float] | None = field(default=None, repr=False)
     _solved: bool = field(default=False, repr=False)
 

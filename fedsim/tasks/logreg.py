@@ -149,6 +149,10 @@ class BinaryLogistic(_Linear):
         pred = np.where(self.a @ x >= 0, 1.0, -1.0)
         return float(np.mean(pred == self.y))
 
+    def flipped(self) -> BinaryLogistic:
+        """Labels ``y → −y`` (the authors' ``y → 1 − y`` for {0, 1} labels)."""
+        return BinaryLogistic(self.a, -self.y, self.l2)
+
 
 class MultinomialLogistic(_Linear):
     """Softmax regression over ``K`` classes, ``x = vec(W)`` row-major, ``W ∈ R^{d×K}``."""
@@ -198,3 +202,7 @@ class MultinomialLogistic(_Linear):
     def accuracy(self, x: np.ndarray) -> float:
         """``mean(argmax_k (Wᵀa_j)_k = y_j)``."""
         return float(np.mean(np.argmax(self._logits(x, self.a), axis=1) == self.y))
+
+    def flipped(self) -> MultinomialLogistic:
+        """Labels ``c → K − 1 − c``."""
+        return MultinomialLogistic(self.a, self.num_classes - 1 - self.y, self.num_classes, self.l2)

@@ -13,6 +13,8 @@ only to pick ``auto`` stepsizes.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -83,6 +85,7 @@ class MLPObjective(Objective):
         self.dim = int(sum(p.numel() for p in module.parameters()))
         self.a = torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
+        self.num_classes = int(list(module.parameters())[-1].shape[0])  # the output layer's size
         self.l2 = float(l2)
         self.num_samples = int(self.a.shape[0])
         self.smoothness = float(smoothness)
@@ -118,6 +121,12 @@ class MLPObjective(Objective):
         flat = self._tensor(x, requires_grad=True)
         (g,) = torch.autograd.grad(self._objective(flat, idx), flat)
         return g.detach().to("cpu", torch.float64).numpy()
+
+    def flipped(self) -> MLPObjective:
+        """Labels ``c → K − 1 − c`` (the digits ``9 − c``)."""
+        twin = copy.copy(self)
+        twin.y = self.num_classes - 1 - self.y
+        return twin
 
     def accuracy(self, x: np.ndarray) -> float:
         """``mean(argmax_k net_x(a_j)_k = y_j)``."""

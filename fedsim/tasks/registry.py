@@ -19,6 +19,12 @@ Tasks (``task.name``):
   norm and cut into contiguous client blocks (``natural`` only); ``x0 = x0_scale · 1``.
 - ``mlp_digits``: :mod:`fedsim.tasks.mlp` on ``digits``; no ``x*`` (``solve = None``).
 
+**Byzantine clients** (``byzantine``: their partition ids): ``full`` and the optimum are those of
+the honest clients' objective ``Σ_{m honest} w_m f_m / Σ_{m honest} w_m`` — Byzantine data never
+enter ``x*``; ``clients`` and ``weights`` still list every client (the server cannot tell who is
+Byzantine). Under ``partition=replicated`` every client holds all the data and shares one
+objective.
+
 Convex tasks start at ``x0 = 0`` (or ``x0_scale · N(0, I)``); ``mu`` is ``l2`` (logistic) or
 ``mu`` (quadratic); ``full`` is the objective on the clients' pooled samples in client order, so
 ``full.loss(x) = Σ_m (n_m/N) f_m(x)``; ``solve`` runs Newton's method (cached on disk) or the exact
@@ -97,6 +103,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "cpu",
         "dtype": "float64",
         "torch_threads": 1,
+        "test_fraction": 0.0,
     },
 }
 MULTICLASS_MODES: tuple[str, ...] = ("ovr", "multinomial")
@@ -105,11 +112,23 @@ _CACHE: dict[str, Task] = {}
 
 
 def build_task(
-    task_cfg: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    task_cfg: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    byzantine: tuple[int, ...] = (),
 ) -> Task:
-    """The task named by ``task_cfg["name"]``, split across ``num_clients`` clients (cached)."""
+    """The task named by ``task_cfg["name"]``, split across ``num_clients`` clients (cached);
+    ``full`` and the optimum leave out the ``byzantine`` clients."""
+    byzantine = tuple(sorted(int(b) for b in byzantine))
     key = json.dumps(
-        {"task": task_cfg, "partition": partition_cfg, "clients": num_clients, "seed": seed},
+        {
+            "task": task_cfg,
+            "partition": partition_cfg,
+            "clients": num_clients,
+            "seed": seed,
+            "byzantine": byzantine,
+        },
         sort_keys=True,
         default=str,
     )
@@ -121,8 +140,14 @@ def build_task(
             raise ConfigError(f"num_clients must be at least 1, got {num_clients}")
         opts = task_options(task_cfg)
         check_partition_cfg(partition_cfg)
-        task = _BUILDERS[name](opts, dict(partition_cfg), int(num_clients), int(seed))
+        if any(not 0 <= b < int(num_clients) for b in byzantine):
+            raise ConfigError(f"Byzantine ids {list(byzantine)} outside [0, {num_clients})")
+        honest = [m for m in range(int(num_clients)) if m not in set(byzantine)]
+        if not honest:
+            raise ConfigError("every client is Byzantine: there is no honest objective")
+        task = _BUILDERS[name](opts, dict(partition_cfg), int(num_clients), int(seed), honest)
         task.x0.flags.writeable = False
+        task.byzantine = byzantine
         _CACHE[key] = task
     return _CACHE[key]
 
@@ -175,11 +200,18 @@ def _linear_task(
     make: Callable[[Matrix, np.ndarray], BinaryLogistic | MultinomialLogistic],
     opts: dict[str, Any],
     seed: int,
+    honest: list[int],
+    replicated: bool = False,
 ) -> Task:
-    """Clients ``make(a[p], y[p])`` for every part ``p``; ``full`` on the parts in client order."""
-    clients = [make(a[p], y[p]) for p in parts]
-    pooled = np.concatenate(parts)
-    full = make(a[pooled], y[pooled])
+    """Clients ``make(a[p], y[p])`` for every part ``p``; ``full`` on the honest clients' parts in
+    client order (``replicated``: one objective on all the data, shared by every client)."""
+    if replicated:
+        shared = make(a, y)
+        clients, full = [shared] * len(parts), shared
+    else:
+        clients = [make(a[p], y[p]) for p in parts]
+        pooled = np.concatenate([parts[m] for m in honest])
+        full = make(a[pooled], y[pooled])
     l2 = full.l2
 
     def solve() -> tuple[np.ndarray, float]:
@@ -201,7 +233,11 @@ def _binary(l2: float) -> Callable[[Matrix, np.ndarray], BinaryLogistic]:
 
 
 def _build_synthetic(
-    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
 ) -> Task:
     dim = _number(opts, "dim", int, 1)
     samples = _number(opts, "samples_per_client", int, 1)
@@ -215,11 +251,17 @@ def _build_synthetic(
         parts = list(np.arange(num_clients * samples).reshape(num_clients, samples))
     else:
         parts = partition_indices(y, num_clients, partition_cfg, seed)
-    return _linear_task("logreg_synthetic", a, y, parts, _binary(l2), opts, seed)
+    return _linear_task(
+        "logreg_synthetic", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
+    )
 
 
 def _build_libsvm(
-    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
 ) -> Task:
     path = opts["path"]
     if path is None:
@@ -231,11 +273,17 @@ def _build_libsvm(
     a, y = data.load_libsvm(path, num_features, max_samples)
     a = _maybe_normalize(a, opts)
     parts = partition_indices(y, num_clients, partition_cfg, seed)
-    return _linear_task("logreg_libsvm", a, y, parts, _binary(l2), opts, seed)
+    return _linear_task(
+        "logreg_libsvm", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
+    )
 
 
 def _build_sklearn(
-    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
 ) -> Task:
     a, labels = data.load_sklearn(opts["dataset"])
     a = _maybe_normalize(a, opts)
@@ -251,7 +299,9 @@ def _build_sklearn(
         k = int(classes.shape[0])
         make: Callable[[Matrix, np.ndarray], BinaryLogistic | MultinomialLogistic]
         make = lambda a_, y_: MultinomialLogistic(a_, y_, k, l2)  # noqa: E731
-        return _linear_task("logreg_sklearn", a, labels, parts, make, opts, seed)
+        return _linear_task(
+            "logreg_sklearn", a, labels, parts, make, opts, seed, honest, _replicated(partition_cfg)
+        )
     if classes.shape[0] > 2:
         positive = _number(opts, "positive_class", int, 0)
         if positive not in classes:
@@ -262,7 +312,13 @@ def _build_sklearn(
         y = np.where(labels == positive, 1.0, -1.0)
     else:
         y = data.binary_labels(labels)
-    return _linear_task("logreg_sklearn", a, y, parts, _binary(l2), opts, seed)
+    return _linear_task(
+        "logreg_sklearn", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
+    )
+
+
+def _replicated(partition_cfg: dict[str, Any]) -> bool:
+    return partition_cfg.get("name") == "replicated"
 
 
 def _natural_only(task: str, why: str, partition_cfg: dict[str, Any]) -> None:
@@ -274,7 +330,11 @@ def _natural_only(task: str, why: str, partition_cfg: dict[str, Any]) -> None:
 
 
 def _build_quadratic(
-    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
 ) -> Task:
     _natural_only("quadratic", "generates one client per partition id", partition_cfg)
     dim = _number(opts, "dim", int, 1)
@@ -283,9 +343,9 @@ def _build_quadratic(
     l_max = _number(opts, "L_max", float, l_min)
     heterogeneity = _number(opts, "heterogeneity", float, 0.0)
     clients = quadratic_clients(num_clients, dim, mu, l_min, l_max, heterogeneity, seed)
-    weights = np.full(num_clients, 1.0 / num_clients)
+    weights = np.full(len(honest), 1.0 / len(honest))
     a_bar, x_star, f_star = optimum.quadratic_optimum(
-        [c.a for c in clients], [c.b for c in clients], weights
+        [clients[m].a for m in honest], [clients[m].b for m in honest], weights
     )
     full = Quadratic(a_bar, x_star, f_star)
     return Task(
@@ -300,7 +360,11 @@ def _build_quadratic(
 
 
 def _build_quartic(
-    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
 ) -> Task:
     from fedsim.tasks.quartic import Quartic, quartic_points
 
@@ -315,7 +379,7 @@ def _build_quartic(
     points = quartic_points(n, dim, 0)
     blocks = np.array_split(np.arange(n), num_clients)
     clients = [Quartic(points[b], x0) for b in blocks]
-    full = Quartic(points, x0)
+    full = Quartic(points[np.concatenate([blocks[m] for m in honest])], x0)
 
     def solve() -> tuple[np.ndarray, float]:
         start = points.mean(axis=0)
@@ -325,7 +389,11 @@ def _build_quartic(
 
 
 def _build_mlp(
-    opts: dict[str, Any], partition_cfg: dict[str, Any], num_clients: int, seed: int
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
 ) -> Task:
     import torch
 
@@ -337,6 +405,16 @@ def _build_mlp(
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     a, labels = data.load_sklearn("digits")
+    test_fraction = _number(opts, "test_fraction", float, 0.0)
+    if test_fraction >= 1:
+        raise ConfigError(f"task.test_fraction must be < 1, got {test_fraction}")
+    test_rows = None
+    if test_fraction > 0:  # one held-out split for every run seed
+        order = generator(0, 0, "task/test-split").permutation(labels.shape[0])
+        cut = int(round(test_fraction * labels.shape[0]))
+        test_rows, train = np.sort(order[:cut]), np.sort(order[cut:])
+        a_all, labels_all = a, labels
+        a, labels = a[train], labels[train]
     parts = partition_indices(labels, num_clients, partition_cfg, seed)
     hidden = _number(opts, "hidden", int, 1)
     l_const = _number(opts, "L", float, 0.0, strict=True)
@@ -349,8 +427,23 @@ def _build_mlp(
             module, a[rows], labels[rows], l_const, l2, str(opts["device"]), str(opts["dtype"])
         )
 
-    clients = [make(p) for p in parts]
-    full = make(np.concatenate(parts))
+    if _replicated(partition_cfg):
+        full = make(parts[0])
+        clients = [full] * len(parts)
+    else:
+        clients = [make(p) for p in parts]
+        full = make(np.concatenate([parts[m] for m in honest]))
+    test = None
+    if test_rows is not None:
+        test = MLPObjective(
+            module,
+            a_all[test_rows],
+            labels_all[test_rows],
+            l_const,
+            l2,
+            str(opts["device"]),
+            str(opts["dtype"]),
+        )
     return Task(
         name="mlp_digits",
         dim=full.dim,
@@ -359,10 +452,11 @@ def _build_mlp(
         x0=init_vector(module, seed),
         mu=0.0,
         solve=None,
+        test=test,
     )
 
 
-_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int], Task]] = {
+_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[int]], Task]] = {
     "logreg_synthetic": _build_synthetic,
     "logreg_libsvm": _build_libsvm,
     "logreg_sklearn": _build_sklearn,
