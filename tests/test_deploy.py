@@ -1,4 +1,5 @@
-"""Deployment: a SuperLink and two SuperNodes on 127.0.0.1; fedavg and tamuna via flwr run."""
+"""Deployment: a SuperLink and three SuperNodes on 127.0.0.1; fedavg, tamuna and a label-flipping
+Byzantine client under robust momentum via flwr run."""
 
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ from fedsim.runner import run_overrides
 OVERRIDES = [
     "method=fedavg",
     "task=logreg_synthetic",
-    "num_clients=2",
+    "num_clients=3",
     "num_rounds=2",
     "sampler=full",
     "task.samples_per_client=30",
@@ -26,10 +27,26 @@ STATEFUL = [
     "method.p=0.5",
     "task=logreg_synthetic",
     "task.dim=40",
-    "num_clients=2",
+    "num_clients=3",
     "num_rounds=4",
     "sampler=full",
     "task.samples_per_client=30",
+    "engine=deployment",
+]
+
+
+# A Byzantine SuperNode: partition 1 computes its momentum on flipped labels; the server takes
+# the coordinate-wise median.
+BYZANTINE = [
+    "method=robust_momentum",
+    "task=logreg_synthetic",
+    "num_clients=3",
+    "num_rounds=3",
+    "sampler=full",
+    "task.samples_per_client=30",
+    "aggregator=cm",
+    "attack=label_flip",
+    "attack.ids=[1]",
     "engine=deployment",
 ]
 
@@ -43,11 +60,11 @@ def alive(pid: int) -> bool:
         return fh.read().split()[2] != "Z"
 
 
-def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
-    fed = LocalFederation(2, port=19092, supernode_port=19200, logdir=tmp_path / "logs")
+def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
+    fed = LocalFederation(3, port=19092, supernode_port=19200, logdir=tmp_path / "logs")
     fed.start()
     try:
-        assert len(fed.pids) == 3 and all(alive(p) for p in fed.pids)
+        assert len(fed.pids) == 4 and all(alive(p) for p in fed.pids)
         record = submit(
             OVERRIDES, str(tmp_path / "run"), fed.address, home=fed.home, run_timeout=300
         )
@@ -58,12 +75,16 @@ def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
             STATEFUL, str(tmp_path / "tamuna"), fed.address, home=fed.home, run_timeout=300
         )
         assert record["status"] == "finished:completed"
+        record = submit(
+            BYZANTINE, str(tmp_path / "byzantine"), fed.address, home=fed.home, run_timeout=300
+        )
+        assert record["status"] == "finished:completed"
     finally:
         fed.stop()
     assert not any(alive(p) for p in fed.pids)
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert [r["clients"] for r in rows] == [0, 2, 2]
+    assert [r["clients"] for r in rows] == [0, 3, 3]
     # The deployed run computes what the inline engine computes for the same overrides.
     inline = run_overrides([*OVERRIDES[:-1], "engine=inline", "output.progress=false"])
     np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in inline], rtol=1e-9)
@@ -73,6 +94,14 @@ def test_deploy_two_supernodes_two_rounds_then_stop_by_pid(tmp_path):
         np.testing.assert_allclose(
             [r[column] for r in rows], [r[column] for r in inline], rtol=1e-9, err_msg=column
         )
+    rows = read_metrics(tmp_path / "byzantine" / "metrics.csv")
+    inline = run_overrides([*BYZANTINE[:-1], "engine=inline", "output.progress=false"])
+    honest = run_overrides([*BYZANTINE[:-3], "engine=inline", "output.progress=false"])
+    for column in ("loss", "gap", "up_bits"):
+        np.testing.assert_allclose(
+            [r[column] for r in rows], [r[column] for r in inline], rtol=1e-9, err_msg=column
+        )
+    assert rows[-1]["loss"] != honest[-1]["loss"]  # the flipped labels changed the run
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -109,3 +109,42 @@ def test_clipped_methods_agree_on_inline_and_ray(compose, tmp_path, name):
     )
     rows = same_on_inline_and_ray(compose, tmp_path, common, ("loss", "up_bits", "grad_evals"))
     assert len(rows) == 5 and rows[-1]["gap"] < rows[0]["gap"]
+
+
+BYZANTINE = {
+    "byz_vr_marina_pp": (
+        "method=byz_vr_marina_pp",
+        "method.p=0.4",
+        "method.clip_mult=0.5",
+        "aggregator=cm",
+        "aggregator.bucketing=2",
+        "attack=alie",
+        "attack.num_byzantine=2",
+    ),
+    "robust_momentum": (
+        "method=robust_momentum",
+        "method.clip_mult=1",
+        "aggregator=rfa",
+        "attack=bit_flip",
+        "attack.num_byzantine=2",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BYZANTINE))
+def test_byzantine_methods_agree_on_inline_and_ray(compose, tmp_path, name):
+    """Coins, cohorts, minibatches, bucketing, omniscient and client-side attacks, and the
+    momentum buffers in context.state give the same run on both engines."""
+    common = (
+        "task=logreg_synthetic",
+        "num_clients=6",
+        "task.samples_per_client=40",
+        "sampler=uniform",
+        "sampler.cohort_size=4",
+        "num_rounds=5",
+        "seed=4",
+        *BYZANTINE[name],
+    )
+    columns = ("loss", "dist_sq", "up_bits", "up_floats", "down_bits", "grad_evals", "clients")
+    rows = same_on_inline_and_ray(compose, tmp_path, common, columns)
+    assert len(rows) == 6 and rows[-1]["gap"] < rows[0]["gap"]
