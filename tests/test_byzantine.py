@@ -1,6 +1,8 @@
 """Byzantine-robust methods: the E1 claim on a9a, the honest objective, what an omniscient
 adversary may see, composition with other methods, and refusals before the run."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -142,32 +144,36 @@ def test_an_omniscient_attack_sees_only_what_its_oracle_allows(
         assert all(set(pids) == cohorts[rnd] for rnd, pids in calls.items())
 
 
-def test_label_flip_changes_only_the_byzantine_clients_labels(compose):
-    cfg = compose(
-        "engine=inline",
-        "method=fedavg",
-        "task=logreg_synthetic",
-        "num_clients=6",
-        "attack=label_flip",
-        "attack.ids=[2]",
-        "sampler=full",
-        "num_rounds=3",
-    )
-    clean = run(
-        compose(
-            "engine=inline",
-            "method=fedavg",
-            "task=logreg_synthetic",
-            "num_clients=6",
-            "sampler=full",
-            "num_rounds=3",
-        ),
-        None,
-    )
-    flipped = run(cfg, None)
-    assert flipped[-1]["loss"] != pytest.approx(clean[-1]["loss"], rel=1e-6)
+def test_label_flip_trains_the_byzantine_client_on_flipped_labels(compose):
+    from flwr.common import Context, RecordDict
+
+    from clients.fedavg import FedAvgClient
+    from fedsim.tasks.logreg import BinaryLogistic
+
+    common = ("engine=inline", "method=fedavg", "task=logreg_synthetic", "num_clients=6")
+    cfg = compose(*common, "sampler=full", "attack=label_flip", "attack.ids=[2]")
     task = task_of(cfg)
-    np.testing.assert_array_equal(task.clients[2].flipped().y, -task.clients[2].y)
+
+    def context(pid: int) -> Context:
+        return Context(0, pid, {"partition-id": pid}, RecordDict(), {})
+
+    make = client_factory(cfg)
+    x = np.full(task.dim, 0.1)
+    sent = make(context(2)).fit([x], {"round": 1})[0][0]
+    honest = task.clients[2]
+    by_hand = BinaryLogistic(honest.a, -honest.y, honest.l2)  # y -> -y, written here
+    twin = dataclasses.replace(task, clients=[*task.clients[:2], by_hand, *task.clients[3:]])
+    expected = FedAvgClient.from_config(cfg["method"], twin, 2, cfg["seed"], context(2))
+    np.testing.assert_allclose(sent, expected.fit([x], {"round": 1})[0][0], rtol=1e-12)
+    clean = FedAvgClient.from_config(cfg["method"], task, 2, cfg["seed"], context(2))
+    assert np.linalg.norm(sent - clean.fit([x], {"round": 1})[0][0]) > 1e-3
+    # an honest client is left alone
+    np.testing.assert_array_equal(
+        make(context(3)).fit([x], {"round": 1})[0][0],
+        FedAvgClient.from_config(cfg["method"], task, 3, cfg["seed"], context(3)).fit(
+            [x], {"round": 1}
+        )[0][0],
+    )
 
 
 @pytest.mark.parametrize(
