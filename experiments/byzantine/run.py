@@ -142,10 +142,11 @@ def e1(args: argparse.Namespace) -> int:
                 color=line.get_color(),
             )
             finals = values[:, -1]
-            se_final = finals.std() / np.sqrt(len(finals))
-            lines.append(
-                f"| {panel} | {label} | {finals.mean():.2e} ± {se_final:.1e} | {x[-1]:.1f} |"
-            )
+            if np.all(np.isfinite(finals)) and finals.max() < 1e6:
+                shown = f"{finals.mean():.2e} ± {finals.std() / np.sqrt(len(finals)):.1e}"
+            else:
+                shown = f"diverged (up to {np.nanmax(finals):.1e})"
+            lines.append(f"| {panel} | {label} | {shown} | {x[-1]:.1f} |")
         ax.set_xlabel("epochs")
         ax.set_ylabel("(f(x) − f*) / (f(x0) − f*)")
         ax.set_title(panel)
