@@ -73,8 +73,18 @@ def task_of(cfg: Mapping) -> Task:
 
 
 def sampler_of(cfg: Mapping, task: Task) -> Sampler:
+    bound = None
+    if (cfg["sampler"] or {}).get("name") == "importance":
+        from fedsim.blocks.pdhg import uniform_form
+
+        bound = uniform_form(task)
     return build_sampler(
-        cfg["sampler"], cfg["num_clients"], cfg["seed"], client_L=task.client_L, sizes=task.sizes
+        cfg["sampler"],
+        cfg["num_clients"],
+        cfg["seed"],
+        client_L=task.client_L,
+        sizes=task.sizes,
+        bound=bound,
     )
 
 

@@ -16,18 +16,48 @@ send ``∇f_m(x)`` too) or the aggregated update itself (``update``, the authors
 - :class:`CEFedAvg` (baseline ``CE-FedAvg``): clients clip their update to a norm, the server
   takes a constant step; any sampler (the authors' ``clip_fedavg_pp`` is ``sampler=uniform``).
 - :class:`CELGC` (baseline: local clipped SGD): every client step clipped, plain averaging.
+
+Defaults: ``auto``, from the task's (L0, L1), ``‖∇²f(x)‖ ≤ L0 + L1‖∇f(x)‖`` (the objectives'
+``l0``/``l1`` where a task derives them, the quartic; ``(L, 0)`` for an L-smooth task). The rules
+and their derivations are in :mod:`fedsim.blocks.stepsizes` (the paper's numeric constants are
+not known: the spec marks them NOT FOUND):
+
+- the server's ``c0, c1 = ν (L0, L1)`` of ``f``, ``ν = 1`` if ``L1 = 0`` else ``e − 1``, so that
+  ``f(x⁺) ≤ f(x) − θ‖∇f(x)‖²/2`` (``clipped_server_constants``); on a cohort (a sampler other
+  than ``full``) ``c0 ≥ 2𝓛``, SGD's bound with the cohort's expected smoothness
+  (``sampled_c0``); Clipped RR-CLI's clipped step averages a whole meta-epoch and keeps ``c0``;
+- the clients' ``γ = ε/(2KΛ)``, ``ε = 10⁻³``, ``K`` local steps of curvature at most ``Λ``: the
+  path's gradients stay within ``ε`` (relative) of those at the round's start
+  (``clipped_client_lr``); Clipped RR-CLI splits that budget between ``γ`` and its intra-epoch
+  ``η`` (``intra_epoch_lr``);
+- CE-FedAvg: ``γ`` as above, ``η = 1/(c0 γ)``, ``cl = γ c0/c1`` with ``(c0, c1) = 2ν (L0, L1)``
+  (∞, no clipping, when ``L1 = 0``: then ``c0 = L``) (``ce_fedavg_constants``);
+- CELGC: per step ``(c0, c1) = K (max(ν L0, 2𝓛), ν L1)`` of the clients: ``K`` clipped local
+  steps add up to one clipped step (``celgc_constants``).
+
+The quartic tuning of the paper's experiments (``tune.py``) is not a default:
+``+experiment=generalized_smoothness`` sets it (its ``tuned`` block, which each method's config
+reads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from fedsim.blocks.clipping import clipped_stepsize
 from fedsim.blocks.samplers import Cohort, CyclicSampler, Sampler, unbiased_sum
 from fedsim.blocks.solvers import SOLVERS
-from fedsim.blocks.stepsizes import positive_or_auto
+from fedsim.blocks.stepsizes import (
+    ce_fedavg_constants,
+    celgc_constants,
+    clipped_client_lr,
+    clipped_server_constants,
+    intra_epoch_lr,
+    positive_or_auto,
+    sampled_c0,
+)
 from fedsim.errors import ConfigError, int_at_least
 from fedsim.tasks.base import Task
 from strategies.base import FedsimStrategy, Reply, RunSettings
@@ -36,40 +66,63 @@ from strategies.fedavg import FedAvg
 CLIP_VECTORS = ("full_gradient", "update")
 
 
-def nonnegative(name: str, value: object) -> float:
+def is_auto(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def nonnegative(name: str, value: object, auto: Callable[[], float] | None = None) -> float:
+    """A finite number ``>= 0``, or ``auto`` → ``auto()`` where the method has a rule."""
+    if auto is not None and is_auto(value):
+        return float(auto())
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        raise ConfigError(f"{name} must be a number >= 0 or 'auto', got {value!r}")
     if not np.isfinite(value):
         raise ConfigError(f"{name} must be finite, got {value!r}")
     return float(value)
 
 
-def positive(name: str, value: object) -> float:
-    """A positive number; these methods have no theory-derived ``auto`` value (their defaults
-    are tuned, see ``experiments/generalized_smoothness/tune.py``)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        raise ConfigError(
-            f"{name} has no 'auto' value for the clipped methods: give a number (the defaults "
-            "in conf/method/ are tuned on the quartic; tune.py tunes them for another task)"
-        )
+def positive(name: str, value: object, auto: Callable[[], float]) -> float:
+    """A positive finite number, or ``auto`` → ``auto()`` (the rules: module docstring)."""
+    if is_auto(value):
+        return float(auto())
     return positive_or_auto(name, value, 1.0)
 
 
-def resolve_common(method: Mapping, solvers: tuple[str, ...], clip: bool = True) -> dict:
-    """Validate the local-step knobs (and ``c0 > 0``, ``c1 ≥ 0``, ``clip_vector``)."""
+def resolve_common(
+    method: Mapping,
+    solvers: tuple[str, ...],
+    task: Task,
+    sampler: Sampler | None = None,
+    clip: bool = True,
+    share: float = 1.0,
+) -> dict:
+    """Validate the local-step knobs (and ``c0 > 0``, ``c1 ≥ 0``, ``clip_vector``); ``auto``
+    ``client_lr`` is :func:`~fedsim.blocks.stepsizes.clipped_client_lr` (``share`` of the drift
+    budget), ``auto`` ``c0``/``c1`` :func:`~fedsim.blocks.stepsizes.clipped_server_constants`,
+    ``c0`` raised to :func:`~fedsim.blocks.stepsizes.sampled_c0` when the clipped step is taken
+    on a cohort of ``sampler``'s."""
     out = dict(method)
     solver = method.get("local_solver", "gd")
     if solver not in solvers:
         raise ConfigError(
             f"method {method['name']!r}: local_solver={solver!r} is not one of {', '.join(solvers)}"
         )
+    out["local_solver"] = solver
     for key in ("local_steps", "local_epochs", "batch_size"):
         out[key] = int_at_least(f"method.{key}", method.get(key, 1), 1)
     if "client_lr" in method:
-        out["client_lr"] = positive("method.client_lr", method["client_lr"])
+        out["client_lr"] = positive(
+            "method.client_lr", method["client_lr"], lambda: clipped_client_lr(task, out, share)
+        )
     if clip:
-        out["c0"] = positive("method.c0", method.get("c0"))
-        out["c1"] = nonnegative("method.c1", method.get("c1", 0.0))
+        out["c0"] = positive(
+            "method.c0",
+            method.get("c0", "auto"),
+            lambda: sampled_c0(task, sampler, clipped_server_constants(task)[0]),
+        )
+        out["c1"] = nonnegative(
+            "method.c1", method.get("c1", "auto"), lambda: clipped_server_constants(task)[1]
+        )
         vector = method.get("clip_vector", "update")
         if vector not in CLIP_VECTORS:
             raise ConfigError(
@@ -92,7 +145,7 @@ class ClipLocalGDJ(FedsimStrategy):
 
     @classmethod
     def resolve(cls, method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
-        return resolve_common(method, cls.solvers)
+        return resolve_common(method, cls.solvers, task, sampler)
 
     @classmethod
     def from_config(
@@ -158,13 +211,17 @@ class ClippedRRCLI(ClipLocalGDJ):
                 "method 'clipped_rr_cli' takes its cohorts from sampler=cyclic (each client "
                 "once per meta-epoch)"
             )
-        out = resolve_common(method, cls.solvers)
+        out = resolve_common(method, cls.solvers, task, share=0.5)
         if out["clip_vector"] != "update":
             raise ConfigError(
                 "method 'clipped_rr_cli' clips with the meta-epoch's update "
                 "(clip_vector=update): a full gradient needs every client each round"
             )
-        out["server_lr"] = nonnegative("method.server_lr", method.get("server_lr", 0.0))
+        out["server_lr"] = nonnegative(
+            "method.server_lr",
+            method.get("server_lr", "auto"),
+            lambda: intra_epoch_lr(task, out, sampler, share=0.5),
+        )
         return out
 
     def _finish_epoch(self) -> None:
@@ -196,9 +253,20 @@ class CEFedAvg(FedAvg):
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
-        out = resolve_common(method, SOLVERS, clip=False)
-        out["server_lr"] = positive("method.server_lr", method.get("server_lr"))
-        out["client_clip"] = positive("method.client_clip", method.get("client_clip"))
+        out = resolve_common(method, SOLVERS, task, sampler, clip=False)
+        out.setdefault("client_lr", clipped_client_lr(task, out))
+        gamma = out["client_lr"]
+        out["server_lr"] = positive(
+            "method.server_lr",
+            method.get("server_lr", "auto"),
+            lambda: 1.0 / (ce_fedavg_constants(task, sampler)[0] * gamma),
+        )
+        clip = method.get("client_clip", "auto")
+        if is_auto(clip):  # cl = γ c0/c1: ∞ where L1 = 0 (nothing to clip)
+            c0, c1 = ce_fedavg_constants(task, sampler)
+            out["client_clip"] = gamma * c0 / c1 if c1 > 0 else float("inf")
+        else:
+            out["client_clip"] = positive_or_auto("method.client_clip", clip, 1.0)
         return out
 
 
@@ -210,6 +278,12 @@ class CELGC(FedAvg):
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
-        out = resolve_common(method, SOLVERS)
+        out = resolve_common(method, SOLVERS, task, sampler, clip=False)
+        out["c0"] = positive(
+            "method.c0", method.get("c0", "auto"), lambda: celgc_constants(task, out, sampler)[0]
+        )
+        out["c1"] = nonnegative(
+            "method.c1", method.get("c1", "auto"), lambda: celgc_constants(task, out, sampler)[1]
+        )
         out["server_lr"] = 1.0
         return out

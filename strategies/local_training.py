@@ -23,6 +23,8 @@ import numpy as np
 
 from fedsim.blocks.compressors import Slot, build_compressor, compressor_rng
 from fedsim.blocks.patterns import columns, support
+from fedsim.blocks.pdhg import balanced
+from fedsim.blocks.pdhg import uniform_form as pdhg_uniform_form
 from fedsim.blocks.samplers import (
     Cohort,
     CyclicSampler,
@@ -257,33 +259,21 @@ def fivegcs_stepsizes(
 ) -> tuple[float, float]:
     """Default ``(γ, τ̄)`` of 5GCS and 5GCS-CC; client ``m`` uses ``τ_m = τ̄ · M π_m / C``.
 
-    5GCS is stochastic PDHG (Chambolle, Ehrhardt, Richtárik, Schönlieb 2018) on the saddle
-    problem ``min_x max_u (μ/2)‖x‖² + (1/M) Σ_m (⟨u_m, x⟩ − F_m*(u_m))``, the cohort being the
-    sampling of dual blocks with marginals ``π_m``. Its step condition (ESO for a dense coupling)
-    reads ``γ τ_m < M π_m / C``: ``γτ < 1`` for uniform cohorts of any size, hence
-    ``γ τ̄ = product`` (``method.gamma_tau``) and ``τ_m ∝ π_m``. The primal part contracts by
-    ``1/(1+γμ)`` per round; dual block ``m`` moves with probability ``π_m``, by the fraction
-    ``α = 1/(1+ω)`` of a prox step that contracts by about ``τ_m/(L_{F,m} + τ_m)``. Equating
-    ``1/(γμ)`` with the slowest block, ``(1+ω) Λ/τ̄`` with ``Λ = max_m C L_{F,m}/(M π_m²)``,
-
-        τ̄ = √(γτ̄ · μ · (1+ω) · Λ),     γ = γτ̄ / τ̄,
-
-    i.e. ``Õ(M/C + √(κ M/C))`` rounds for uniform cohorts and ``ω = 0`` (the complexity 5GCS
-    states, ``Λ = L_F M/C``), and for ``π_m ∝ √L_m`` (``sampler=importance
-    sampler.by=sqrt_smoothness``) ``Λ = (Σ_m √L_{F,m})²/(M C)``: the mean of ``√L_m`` replaces
-    ``√L_max``, the gain of importance sampling (5GCS-AB, arXiv 2306.03240). The papers' own
-    constants could not be read (``specs/local-training.md``), so this balance is ours and
-    ``γτ̄`` is a knob; its default 0.9 is the largest value inside ``γτ < 1`` we tried
-    (``experiments/local_training/README.md``).
+    From the one bound of :mod:`fedsim.blocks.pdhg` (5GCS as stochastic PDHG with arbitrary
+    sampling): the step condition ``γ τ_m ≤ θ M π_m / C`` with ``θ = γτ̄ = product``
+    (``method.gamma_tau``) fixes ``τ̄ = θ/γ``, and ``γ`` maximizes the bound's rate
+    ``min{γμ/(1+γμ), min_m α π_m τ_m/(L_{F,m} + τ_m)}`` for this sampler's marginals ``π_m``
+    (``α = 1/(1+ω)``). For uniform cohorts and ``γL ≫ θ`` it is ``γ = √(αθC/(μ L_max M))``, the
+    ``Õ(M/C + √(κ M/C))`` rounds 5GCS states; ``sampler=importance`` (``by: bound``, the default)
+    takes the marginals that maximize the same bound. The papers' own constants could not be read
+    (``specs/local-training.md``), so the bound is ours and ``γτ̄`` is a knob; its default 0.9 is
+    the largest value inside ``θ < 1`` we tried (``experiments/local_training/README.md``).
     """
-    big_l, mu = uniform_form(task)
+    l_f, mu = pdhg_uniform_form(task)
     m = task.num_clients
-    l_f = np.maximum(m * task.weights * task.client_L - mu, 1e-12 * big_l)
     pi = np.ones(m) if sampler is None else sampler.inclusion_probabilities()
-    c = float(np.sum(pi))
-    lam = float(np.max(c * l_f / (m * pi**2)))
-    tau = math.sqrt(product * mu * (1 + omega) * lam)
-    return product / tau, tau
+    gamma, _, _ = balanced(l_f, mu, float(np.sum(pi)), product, 1.0 / (1.0 + omega), pi)
+    return gamma, product / gamma
 
 
 class FiveGCS(FedsimStrategy):

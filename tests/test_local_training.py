@@ -34,7 +34,7 @@ def first_round_below(rows: list[dict], level: float) -> int | None:
     [
         (("method=tamuna",), 1500),  # s = 2 < c = 5
         (("method=fivegcs",), 400),
-        (("method=fivegcs_cc", "compressor=qsgd"), 500),
+        (("method=fivegcs_cc", "compressor=qsgd"), 600),
         (("method=fivegcs_cc", "compressor=rand_k", "compressor.ratio=0.25"), 900),
     ],
     ids=["tamuna", "fivegcs", "fivegcs_cc-qsgd", "fivegcs_cc-rand_k"],

@@ -24,7 +24,8 @@ Z = 4.0  # tolerance in standard errors for Monte-Carlo checks (fixed seeds: det
 
 
 def make(name: str, m: int = 20, seed: int = 0, **kw) -> Sampler:
-    return build_sampler({"name": name, **kw}, m, seed, client_L=np.arange(1.0, m + 1))
+    l_m = np.arange(1.0, m + 1)
+    return build_sampler({"name": name, **kw}, m, seed, client_L=l_m, bound=(l_m, 0.5))
 
 
 def cohorts(s: Sampler, rounds: int) -> list[Cohort]:
@@ -40,12 +41,12 @@ def test_yaml_files_cover_all_samplers_and_build():
     for path in CONF.glob("*.yaml"):
         cfg = yaml.safe_load(path.read_text())
         assert cfg["name"] == path.stem
-        s = build_sampler(cfg, 20, 0, client_L=np.ones(20))
+        s = build_sampler(cfg, 20, 0, client_L=np.ones(20), bound=(np.linspace(1, 9, 20), 1.0))
         assert s.inclusion_probabilities().shape == (20,)
         if path.stem != "full":
             assert cfg["cohort_size"] == 10
     assert yaml.safe_load((CONF / "cyclic.yaml").read_text())["reshuffle"] is True
-    assert yaml.safe_load((CONF / "importance.yaml").read_text())["by"] == "smoothness"
+    assert yaml.safe_load((CONF / "importance.yaml").read_text())["by"] == "bound"
 
 
 def test_whole_config_is_accepted():

@@ -4,10 +4,12 @@
     .venv/bin/python experiments/generalized_smoothness/tune.py [--problem quartic|digits]
 
 ``quartic``: each method's grid on ``+experiment=generalized_smoothness`` (d = 100, x0 = 10·1,
-10 clients, 200 rounds, seed 0); the selected settings are the methods' defaults in
-``conf/method/``. ``digits``: CLERR, shuffle-once SGD and NASTYA on
-``+experiment=generalized_smoothness_digits``; ``run.py clerr_digits`` uses the selected
-settings. Both write ``tuned_<problem>.md`` here; diverged grid points rank last.
+10 clients, 200 rounds, seed 0); the selected settings are that experiment config's ``tuned``
+block (the methods' own defaults are ``auto``, from the task's (L0, L1)). ``digits``: CLERR,
+shuffle-once SGD and NASTYA on ``+experiment=generalized_smoothness_digits``; ``run.py
+clerr_digits`` uses the selected settings (CLERR's from that config's ``tuned`` block). Both
+write ``tuned_<problem>.md`` here; diverged grid points rank last. A grid's overrides replace
+the ``tuned`` values, so the grids do not depend on them.
 """
 
 from __future__ import annotations

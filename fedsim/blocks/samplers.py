@@ -41,7 +41,7 @@ from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator
 
 SAMPLER_NAMES = ("full", "uniform", "with_replacement", "importance", "cyclic")
-IMPORTANCE_BY = ("smoothness", "sqrt_smoothness", "size", "uniform")
+IMPORTANCE_BY = ("bound", "smoothness", "sqrt_smoothness", "size", "uniform")
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -326,13 +326,24 @@ def _importance_marginals(
     c: int,
     client_L: np.ndarray | None,
     sizes: np.ndarray | None,
+    bound: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     probs = cfg.get("probabilities")
     if probs is not None:
         w = _per_client("sampler.probabilities", probs, m)
         what = "sampler.probabilities"
     else:
-        by = _get(cfg, "by", "smoothness")
+        by = _get(cfg, "by", "bound")
+        if by == "bound":
+            if bound is None or bound[1] <= 0:
+                raise ConfigError(
+                    "sampler.by=bound derives the marginals from 5GCS-AB's convergence bound, "
+                    "which needs per-client smoothness and a strongly convex task (mu > 0); "
+                    "use sampler.by=sqrt_smoothness, smoothness or size"
+                )
+            from fedsim.blocks.pdhg import GAMMA_TAU, balanced
+
+            return balanced(bound[0], bound[1], c, GAMMA_TAU, 1.0, None)[1]
         if by == "uniform":
             w, what = np.ones(m), "uniform weights"
         elif by in ("smoothness", "sqrt_smoothness"):
@@ -364,12 +375,14 @@ def build_sampler(
     seed: int,
     client_L: np.ndarray | None = None,
     sizes: np.ndarray | None = None,
+    bound: tuple[np.ndarray, float] | None = None,
 ) -> Sampler:
     """The sampler described by the ``sampler`` config group (see the module docstring).
 
     ``cfg`` is the sampler group (``name``, ``cohort_size``, ...) or a whole config holding it
     under ``sampler``. ``client_L`` (per-client smoothness) and ``sizes`` (per-client dataset
-    sizes) feed ``importance`` with ``by: smoothness`` / ``by: size``.
+    sizes) feed ``importance`` with ``by: smoothness`` / ``by: size``; ``bound`` = ``(L_{F,m},
+    μ)`` of the uniform form feeds ``by: bound`` (:mod:`fedsim.blocks.pdhg`).
     Raises :class:`~fedsim.errors.ConfigError` for unknown names and impossible values.
     """
     if isinstance(cfg.get("sampler"), Mapping):
@@ -389,7 +402,7 @@ def build_sampler(
     if name == "with_replacement":
         return WithReplacementSampler(m, seed, c)
     if name == "importance":
-        pi = _frozen(_importance_marginals(cfg, m, c, client_L, sizes))
+        pi = _frozen(_importance_marginals(cfg, m, c, client_L, sizes, bound))
         return ImportanceSampler(m, seed, c, pi)
     # cyclic
     if m % c:

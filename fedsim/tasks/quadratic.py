@@ -2,9 +2,12 @@
 
 Client ``m`` of ``M`` gets ``A_m = Q_m diag(λ_m) Q_mᵀ`` with ``Q_m`` a random orthogonal matrix
 and eigenvalues ``λ_m`` spaced linearly on ``[μ, L_m]``, so ``f_m`` is ``μ``-strongly convex and
-exactly ``L_m``-smooth. The ``L_m`` spread geometrically across clients::
+exactly ``L_m``-smooth. The ``L_m`` spread across clients by ``task.spread``:
 
-    L_m = L_min · (L_max / L_min)^{m / (M - 1)}     (L_m = L_max when M = 1)
+- ``geometric`` (log-uniform): ``L_m = L_min · (L_max / L_min)^{m / (M - 1)}`` (``L_max`` when
+  ``M = 1``);
+- ``outlier``: the last client at ``L_max``, every other at ``L_min``;
+- ``clusters``: the first ``⌊M/2⌋`` clients at ``L_min``, the others at ``L_max``.
 
 Centers ``b_m = b̄ + h ξ_m`` with ``b̄, ξ_m ~ N(0, I)`` and ``h`` = ``task.heterogeneity``:
 ``h = 0`` gives every client the same minimizer. The problem is deterministic: one "sample" per
@@ -47,10 +50,20 @@ class Quadratic(Objective):
         return self.a.copy()
 
 
-def smoothness_spread(num_clients: int, l_min: float, l_max: float) -> np.ndarray:
-    """``L_m = L_min (L_max/L_min)^{m/(M-1)}``, ``m = 0..M-1`` (``[L_max]`` when ``M = 1``)."""
+SPREADS = ("geometric", "outlier", "clusters")
+
+
+def smoothness_spread(
+    num_clients: int, l_min: float, l_max: float, shape: str = "geometric"
+) -> np.ndarray:
+    """The clients' ``L_m`` for ``shape`` in :data:`SPREADS` (module docstring)."""
     if num_clients == 1:
         return np.array([float(l_max)])
+    if shape == "outlier":
+        return np.array([float(l_min)] * (num_clients - 1) + [float(l_max)])
+    if shape == "clusters":
+        low = num_clients // 2
+        return np.array([float(l_min)] * low + [float(l_max)] * (num_clients - low))
     exponent = np.arange(num_clients) / (num_clients - 1)
     return float(l_min) * (float(l_max) / float(l_min)) ** exponent
 
@@ -72,9 +85,10 @@ def quadratic_clients(
     l_max: float,
     heterogeneity: float,
     seed: int,
+    spread: str = "geometric",
 ) -> list[Quadratic]:
     """The ``M`` client quadratics (client ``m`` draws from ``generator(seed, 0, ., m)``)."""
-    tops = smoothness_spread(num_clients, l_min, l_max)
+    tops = smoothness_spread(num_clients, l_min, l_max, spread)
     center = generator(seed, 0, "task/quadratic").standard_normal(dim)
     clients = []
     for m, top in enumerate(tops):

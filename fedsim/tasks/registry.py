@@ -88,6 +88,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "L_max": 100.0,
         "mu": 1.0,
         "heterogeneity": 1.0,
+        "spread": "geometric",
         "x0_scale": 0.0,
     },
     "quartic": {
@@ -342,7 +343,13 @@ def _build_quadratic(
     l_min = _number(opts, "L_min", float, mu)
     l_max = _number(opts, "L_max", float, l_min)
     heterogeneity = _number(opts, "heterogeneity", float, 0.0)
-    clients = quadratic_clients(num_clients, dim, mu, l_min, l_max, heterogeneity, seed)
+    from fedsim.tasks.quadratic import SPREADS
+
+    if opts["spread"] not in SPREADS:
+        raise unknown("task.spread", opts["spread"], SPREADS)
+    clients = quadratic_clients(
+        num_clients, dim, mu, l_min, l_max, heterogeneity, seed, str(opts["spread"])
+    )
     weights = np.full(len(honest), 1.0 / len(honest))
     a_bar, x_star, f_star = optimum.quadratic_optimum(
         [clients[m].a for m in honest], [clients[m].b for m in honest], weights
