@@ -226,6 +226,13 @@ def _check_byzantine(
             f"(got {out['sampler']['name']!r})"
         )
     aggregator.check_inputs(sampler.max_cohort_size, "the cohort (sampler.cohort_size)")
+    buckets = -(-sampler.max_cohort_size // aggregator.bucketing)
+    if robust and aggregator.name != "mean" and buckets < 2:
+        raise ConfigError(
+            f"aggregator.bucketing={aggregator.bucketing} puts the whole cohort of "
+            f"{sampler.max_cohort_size} into one bucket, and {aggregator.name} of one bucket "
+            "mean is the mean: use aggregator.bucketing < sampler.cohort_size"
+        )
     if attack.name == "label_flip":
         for b in attack.ids:
             try:

@@ -118,7 +118,8 @@ class FedsimStrategy(Strategy):
         self.attack = attack if attack is not None and attack.name != "none" else None
         self.byzantine = frozenset(self.attack.ids) if self.attack is not None else frozenset()
         self.robust = robust
-        self.robust_state = robust.init(task.dim) if robust is not None else None
+        # the aggregator's state (centered clipping's centre), one per kind of vector aggregated
+        self.robust_state: dict[str, object] = {}
         self._oracle: set[int] = set()
         self.oracle_template = -1  # the cohort member whose message the oracle calls copy
         self.x = np.array(task.x0, dtype=float, copy=True)
@@ -172,12 +173,18 @@ class FedsimStrategy(Strategy):
         xs: np.ndarray,
         clip: float | None = None,
         reference: np.ndarray | None = None,
+        kind: str = "vector",
     ) -> np.ndarray:
         """``reference + Agg(clip(xs − reference))`` with the configured aggregator, its
-        bucketing drawn from ``(seed, rnd, "aggregator")`` and its state carried over rounds."""
+        bucketing drawn from ``(seed, rnd, "aggregator")``. Its state (centered clipping's
+        centre) is carried over rounds per ``kind`` of vector, so gradients and gradient
+        differences never share a centre."""
         assert self.robust is not None, "this method was built without an aggregator"
         rng = generator(self.settings.seed, rnd, "aggregator")
-        out, self.robust_state = self.robust(xs, self.robust_state, rng, clip, reference)
+        state = self.robust_state.get(kind)
+        if state is None:
+            state = self.robust.init(self.task.dim)
+        out, self.robust_state[kind] = self.robust(xs, state, rng, clip, reference)
         return out
 
     # ----------------------------------------------------------------- Flower hooks
@@ -268,6 +275,7 @@ class FedsimStrategy(Strategy):
         # calls are not the cohort's and never count)
         n_failed = max(0, len(cohort.ids) - len(replies))
         replies.sort(key=lambda r: r.pid)
+        seen.sort(key=lambda r: r.pid)
         if "attack" in self.uses:
             self._forge(server_round, cohort, replies, seen)
         self.recorder.add(
@@ -278,6 +286,8 @@ class FedsimStrategy(Strategy):
             failures=n_failed,
         )
         too_many = n_failed > self.settings.max_failure_fraction * len(cohort.ids)
+        if n_failed and self.robust is not None and not self.robust.is_mean:
+            too_many |= len(replies) < self.robust.aggregator.min_inputs()  # e.g. Krum's n − f − 2
         if n_failed and (too_many or not replies):
             self._failed_rounds += 1
             log.warning(
@@ -312,9 +322,9 @@ class FedsimStrategy(Strategy):
         honest = [r.vector for r in replies if r.pid not in self.byzantine]
         honest += [r.vector for r in seen]
         stack = np.stack(honest) if honest else np.zeros((0, self.task.dim))
-        in_cohort = sum(1 for pid in cohort.ids.tolist() if pid in self.byzantine)
+        # the round's participants are the clients whose replies arrived
         target = self.shift_back_target(rnd) if attack.name == "shb" else None
-        forged = attack.forge(stack, in_cohort, len(cohort), target)
+        forged = attack.forge(stack, len(fakes), len(replies), target)
         for r in fakes:
             r.vector = forged
 

@@ -254,7 +254,7 @@ class ByzVRMarinaPP(FedsimStrategy):
             return
         xs = np.stack([r.vector for r in replies])
         if self._coin:
-            g = self.robust_aggregate(rnd, xs)
+            g = self.robust_aggregate(rnd, xs, kind="gradient")
         else:
             level = None
             if self.clip_mult is not None:
@@ -265,7 +265,7 @@ class ByzVRMarinaPP(FedsimStrategy):
 
                 g = self.g + clip_rows(xs, level).mean(axis=0)
             else:
-                g = self.g + self.robust_aggregate(rnd, xs, clip=level)
+                g = self.g + self.robust_aggregate(rnd, xs, clip=level, kind="difference")
         self.x, self.g = self._x_new, g
 
 
@@ -348,10 +348,10 @@ class RobustMomentum(FedsimStrategy):
             return
         xs = np.stack([r.vector for r in replies])
         if self.clip_mult is None or self.g is None:
-            g = self.robust_aggregate(rnd, xs)
+            g = self.robust_aggregate(rnd, xs, kind="momentum")
         else:
             moved = self.x - self.x_prev if self.clip_to == "step" else self.g
             level = self.clip_mult * float(np.linalg.norm(moved))
-            g = self.robust_aggregate(rnd, xs, clip=level, reference=self.g)
+            g = self.robust_aggregate(rnd, xs, clip=level, reference=self.g, kind="difference")
         self.g = g
         self.x_prev, self.x = self.x, self.x - self.lr * g

@@ -48,3 +48,19 @@ class FloatLevels(FiveGCSCCClient):
         if self.pid == 0 and int(config["round"]) == 2:
             arrays = [a.astype(float) for a in arrays]
         return arrays, n, metrics
+
+
+class CrashingMomentum:
+    """Robust-momentum client 0 raises in every fit (a crashed SuperNode)."""
+
+    def fit(self, parameters, config):
+        if self.pid == 0:
+            raise RuntimeError("client 0 crashed")
+        return super().fit(parameters, config)
+
+
+from clients.byzantine import RobustMomentumClient  # noqa: E402
+
+
+class CrashingRobustMomentum(CrashingMomentum, RobustMomentumClient):
+    pass

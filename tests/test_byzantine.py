@@ -235,3 +235,65 @@ def test_a_cohort_of_byzantine_clients_only_is_allowed(compose):
     )
     rows = run(cfg, None)
     assert np.isfinite(rows[-1]["loss"])
+
+
+def test_a_round_with_too_few_replies_for_krum_is_a_failed_round_not_a_crash(compose):
+    """Krum with f = 1 needs n − f − 2 ≥ 1, i.e. 4 inputs: a cohort of 4 that loses a client
+    cannot aggregate, so the round keeps the model and counts as failed (the run goes on)."""
+    cfg = compose(
+        "engine=inline",
+        "method=robust_momentum",
+        "task=logreg_synthetic",
+        "num_clients=4",
+        "sampler=full",
+        "aggregator=krum",
+        "aggregator.f=1",
+        "attack=bit_flip",
+        "attack.ids=[3]",
+        "num_rounds=4",
+        "max_failed_rounds=10",
+        "method.client=tests.flaky_clients.CrashingRobustMomentum",
+    )
+    rows = run(cfg, None)
+    assert all(r["failures"] == 1 for r in rows[1:])
+    assert rows[-1]["loss"] == rows[0]["loss"]
+
+
+def test_one_bucket_for_the_whole_cohort_is_refused(compose):
+    with pytest.raises(ConfigError, match="one bucket"):
+        compose(
+            "engine=inline",
+            "method=byz_vr_marina_pp",
+            "sampler.cohort_size=4",
+            "aggregator=cm",
+            "aggregator.bucketing=4",
+            "attack=shb",
+            "attack.num_byzantine=5",
+        )
+
+
+def test_centered_clipping_keeps_one_centre_per_kind_of_vector(compose):
+    """Gradients (full rounds) and gradient differences never share cc's centre: a shared
+    centre would answer a difference round with about the last gradient (cc moves at most
+    iters·τ from its centre), doubling the estimate g."""
+    cfg = compose(
+        "engine=inline",
+        "method=byz_vr_marina_pp",
+        "task=logreg_synthetic",
+        "num_clients=6",
+        "sampler=uniform",
+        "sampler.cohort_size=4",
+        "aggregator=cc",
+        "attack=alie",
+        "attack.num_byzantine=1",
+    )
+    strategy = server_fn(cfg, None, False, None).server.strategy
+    big = np.full((4, strategy.task.dim), 100.0)
+    small = np.random.default_rng(0).normal(0, 1e-3, (4, strategy.task.dim))
+    first = strategy.robust_aggregate(1, big, kind="gradient")  # from centre 0: moves ≤ 3τ
+    np.testing.assert_allclose(first, strategy.robust_aggregate(1, big, kind="probe"))
+    out = strategy.robust_aggregate(2, small, clip=1.0, kind="difference")
+    np.testing.assert_allclose(out, small.mean(axis=0), rtol=1e-9, atol=1e-12)
+    # and each kind continues from its own centre
+    again = strategy.robust_aggregate(3, big, kind="gradient")
+    assert np.linalg.norm(again) > np.linalg.norm(strategy.robust_aggregate(3, big, kind="fresh"))

@@ -130,3 +130,16 @@ def balanced(
     gamma = math.exp(lo)
     t, p = dual(gamma)
     return gamma, p, min(gamma * mu / (1 + gamma * mu), t)
+
+
+def bound_marginals(l_f: np.ndarray, mu: float, c: float) -> np.ndarray:
+    """The marginals of ``sampler.by=bound``: :func:`balanced` at the default ``θ = 0.9`` without
+    compression (``α = 1``; the sampler is built before the method, so a run with another
+    ``method.gamma_tau`` or a compressor re-optimizes only ``γ`` for these marginals). Without
+    strong convexity (``μ = 0``) there is no primal rate to balance: the marginals equalize the
+    dual rates at ``γ = 1/max_m L_{F,m}``."""
+    l_f = np.asarray(l_f, dtype=float)
+    if mu > 0:
+        return balanced(l_f, mu, c, GAMMA_TAU, 1.0, None)[1]
+    a = GAMMA_TAU * l_f.size * float(np.max(l_f)) / c
+    return equalized_marginals(l_f, c, a)[1]

@@ -335,15 +335,14 @@ def _importance_marginals(
     else:
         by = _get(cfg, "by", "bound")
         if by == "bound":
-            if bound is None or bound[1] <= 0:
+            if bound is None:
                 raise ConfigError(
                     "sampler.by=bound derives the marginals from 5GCS-AB's convergence bound, "
-                    "which needs per-client smoothness and a strongly convex task (mu > 0); "
-                    "use sampler.by=sqrt_smoothness, smoothness or size"
+                    "which needs per-client smoothness constants; use sampler.by=size or uniform"
                 )
-            from fedsim.blocks.pdhg import GAMMA_TAU, balanced
+            from fedsim.blocks.pdhg import bound_marginals
 
-            return balanced(bound[0], bound[1], c, GAMMA_TAU, 1.0, None)[1]
+            return bound_marginals(bound[0], bound[1], c)
         if by == "uniform":
             w, what = np.ones(m), "uniform weights"
         elif by in ("smoothness", "sqrt_smoothness"):

@@ -419,6 +419,10 @@ def _build_mlp(
     if test_fraction > 0:  # one held-out split for every run seed
         order = generator(0, 0, "task/test-split").permutation(labels.shape[0])
         cut = int(round(test_fraction * labels.shape[0]))
+        if cut < 1:
+            raise ConfigError(
+                f"task.test_fraction={test_fraction} holds out no sample of {labels.shape[0]}"
+            )
         test_rows, train = np.sort(order[:cut]), np.sort(order[cut:])
         a_all, labels_all = a, labels
         a, labels = a[train], labels[train]
