@@ -22,6 +22,7 @@ import pytest
 from fedsim.build import task_of
 from fedsim.rng import generator
 from fedsim.runner import run
+from tests.reference import assert_rows_match, deviation
 
 REL = 1e-10
 SMALL = (
@@ -155,31 +156,6 @@ def cohort_size(cfg: dict) -> int:
         return int(cfg["num_clients"])
     assert cfg["sampler"]["name"] == "uniform"
     return int(cfg["sampler"]["cohort_size"])
-
-
-# --------------------------------------------------------------------------- comparison
-def deviation(rows: list[dict], models: list[np.ndarray], task) -> float:
-    """Largest relative deviation of fedsim's rows from the reference models (loss, dist_sq)."""
-    x_star, _ = task.optimum()
-    assert len(rows) == len(models)
-    worst = 0.0
-    for row, x in zip(rows, models, strict=True):
-        for key, ref in (
-            ("loss", task.full.loss(x)),
-            ("dist_sq", float(np.sum((x - x_star) ** 2))),
-        ):
-            worst = max(worst, abs(row[key] - ref) / max(abs(ref), 1e-300))
-    return worst
-
-
-def assert_rows_match(rows: list[dict], models: list[np.ndarray], task) -> None:
-    x_star, _ = task.optimum()
-    assert [row["round"] for row in rows] == list(range(len(models)))
-    for r, (row, x) in enumerate(zip(rows, models, strict=True)):
-        assert row["loss"] == pytest.approx(task.full.loss(x), rel=REL), f"loss, row {r}"
-        assert row["dist_sq"] == pytest.approx(float(np.sum((x - x_star) ** 2)), rel=REL), (
-            f"dist_sq, row {r}"
-        )
 
 
 # --------------------------------------------------------------------------- reference loops

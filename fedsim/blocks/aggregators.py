@@ -115,7 +115,7 @@ def trimmed_mean(xs: np.ndarray, trim: int) -> np.ndarray:
     ``trimmed_mean(xs, ⌊p·n⌋)``.
     """
     a = as_inputs(xs)
-    trim = _count("trim", trim, 0)
+    trim = count("trim", trim, 0)
     n = a.shape[0]
     if n <= 2 * trim:
         raise ValueError(f"trimmed_mean needs n > 2*trim; got n={n}, trim={trim}")
@@ -145,7 +145,7 @@ def krum_scores(xs: np.ndarray, f: int) -> np.ndarray:
     n − f − 2 ≥ 1.
     """
     a = as_inputs(xs)
-    f = _count("f", f, 0)
+    f = count("f", f, 0)
     n = a.shape[0]
     k = n - f - 2
     if k < 1:
@@ -171,7 +171,7 @@ def krum(xs: np.ndarray, f: int, multi: int = 1) -> np.ndarray:
     which agrees for m = 1 only.
     """
     a = as_inputs(xs)
-    multi = _count("multi", multi, 1)
+    multi = count("multi", multi, 1)
     if multi > a.shape[0]:
         raise ValueError(f"Multi-Krum needs multi <= n; got multi={multi}, n={a.shape[0]}")
     scores = krum_scores(a, f)
@@ -191,7 +191,7 @@ def geometric_median(xs: np.ndarray, iters: int = 8, nu: float = DEFAULT_NU) -> 
     geometric median.
     """
     a = as_inputs(xs)
-    iters = _count("iters", iters, 1)
+    iters = count("iters", iters, 1)
     nu = _positive("nu", nu)
     n = a.shape[0]
     z = np.zeros(a.shape[1])
@@ -224,7 +224,7 @@ def centered_clip(
     2006.09365); not agnostic. Flower 1.42 has no centred clipping.
     """
     a = as_inputs(xs)
-    iters = _count("iters", iters, 1)
+    iters = count("iters", iters, 1)
     tau = _positive("tau", tau)
     v = np.array(center, dtype=np.float64).reshape(-1)
     if v.shape != (a.shape[1],) or not np.isfinite(v).all():
@@ -243,7 +243,7 @@ def bucket_means(xs: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray
     less variance; the base rule is applied to the bucket means.
     """
     a = as_inputs(xs)
-    s = _count("bucketing", s, 1)
+    s = count("bucketing", s, 1)
     n = a.shape[0]
     order = rng.permutation(n)
     return np.stack([a[order[i : i + s]].mean(axis=0) for i in range(0, n, s)])
@@ -283,7 +283,7 @@ class Aggregator:
             int_at_least("aggregator.iters", self.iters, 1)
         for key in ("nu", "tau"):
             value = getattr(self, key)
-            if not _is_real(value) or not 0.0 < float(value) < math.inf:
+            if not is_real(value) or not 0.0 < float(value) < math.inf:
                 raise ConfigError(f"aggregator.{key} must be a finite number > 0, got {value!r}")
             object.__setattr__(self, key, float(value))
 
@@ -397,17 +397,19 @@ def build_aggregator(cfg: Mapping[str, Any], num_byzantine: int) -> Aggregator:
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_real(value: object) -> bool:
+def is_real(value: object) -> bool:
+    """A real number that is not a bool."""
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def _count(name: str, value: object, low: int) -> int:
+def count(name: str, value: object, low: int) -> int:
+    """``value`` as an int if it is an integer ``>= low``, else ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
     return int(value)
 
 
 def _positive(name: str, value: object) -> float:
-    if not _is_real(value) or not 0.0 < float(value) < math.inf:
+    if not is_real(value) or not 0.0 < float(value) < math.inf:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
     return float(value)

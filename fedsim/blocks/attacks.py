@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 from scipy.stats import norm
 
+from fedsim.blocks.aggregators import count, is_real
 from fedsim.errors import ConfigError, int_at_least, unknown
 from fedsim.rng import generator
 
@@ -69,8 +70,8 @@ def alie_z(n: int, b: int) -> float:
     z = Φ⁻¹(0.6) ≈ 0.2533. Needs 1 ≤ b < n/2 (ValueError otherwise), which keeps the
     argument of Φ⁻¹ in (0, 1).
     """
-    n = _count("n", n, 1)
-    b = _count("b", b, 1)
+    n = count("n", n, 1)
+    b = count("b", b, 1)
     if 2 * b >= n:
         raise ValueError(f"alie_z needs 1 <= b < n/2; got n={n}, b={b}")
     s = math.floor(n / 2 + 1) - b
@@ -152,7 +153,7 @@ def flip_labels(y: np.ndarray, num_classes: int, *, signed: bool | None = None) 
     infers it from the values (a −1: signed; a 0: {0, 1}) and raises ValueError when every label
     is 1, which both conventions allow. Labels outside the convention raise ValueError.
     """
-    k = _count("num_classes", num_classes, 2)
+    k = count("num_classes", num_classes, 2)
     a = np.asarray(y)
     values = set(np.unique(a).tolist())
     if k > 2:
@@ -192,7 +193,7 @@ def byzantine_ids(num_clients: int, cfg: Mapping[str, Any], seed: int) -> tuple[
     fraction = cfg.get("fraction")
     if fraction is None:
         fraction = 0.0 if name == "none" else DEFAULT_FRACTION
-    if not _is_real(fraction) or not 0.0 <= float(fraction) < 0.5:
+    if not is_real(fraction) or not 0.0 <= float(fraction) < 0.5:
         raise ConfigError(f"attack.fraction must be a number in [0, 0.5), got {fraction!r}")
     count = cfg.get("num_byzantine")
     if count is not None:
@@ -240,11 +241,11 @@ class Attack:
         _check_count(self.name, len(ids), n)
         for key in ("sigma", "epsilon"):
             value = getattr(self, key)
-            if not _is_real(value) or not 0.0 < float(value) < math.inf:
+            if not is_real(value) or not 0.0 < float(value) < math.inf:
                 raise ConfigError(f"attack.{key} must be a finite number > 0, got {value!r}")
             object.__setattr__(self, key, float(value))
         if self.z is not None:
-            if not _is_real(self.z) or not math.isfinite(float(self.z)):
+            if not is_real(self.z) or not math.isfinite(float(self.z)):
                 raise ConfigError(f"attack.z must be null or a finite number, got {self.z!r}")
             object.__setattr__(self, "z", float(self.z))
         if self.oracle not in ORACLES:
@@ -296,8 +297,8 @@ class Attack:
             raise ValueError(f"attack {self.name!r} is not omniscient: forge has nothing to do")
         h = _honest(honest)
         d = h.shape[1]
-        cohort_size = _count("cohort_size", cohort_size, 1)
-        byz = _count("num_byzantine_in_cohort", num_byzantine_in_cohort, 0)
+        cohort_size = count("cohort_size", cohort_size, 1)
+        byz = count("num_byzantine_in_cohort", num_byzantine_in_cohort, 0)
         if byz > cohort_size:
             raise ValueError(f"{byz} Byzantine clients in a cohort of {cohort_size}")
         if self.name == "shb":
@@ -346,16 +347,6 @@ def build_attack(cfg: Mapping[str, Any], num_clients: int, seed: int) -> Attack:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _count(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
 
 
 def _honest(honest: np.ndarray) -> np.ndarray:
