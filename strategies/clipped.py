@@ -250,6 +250,7 @@ class CEFedAvg(FedAvg):
     authors' code, which divides a cohort's sum by M, the step is the unbiased estimate."""
 
     uses = ()
+    oracle_ready = False
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
@@ -275,6 +276,7 @@ class CELGC(FedAvg):
     server averages the models (``x ← x − Σ a_m w_m (x − z_m)``)."""
 
     uses = ()
+    oracle_ready = False
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:

@@ -62,6 +62,7 @@ class FedAvg(FedsimStrategy):
     """FedAvg with server stepsize ``η = method.server_lr`` (see the module docstring)."""
 
     uses = ("aggregator", "attack")
+    oracle_ready = True  # the clients keep no state: attack.oracle=all may ask any of them
 
     def __init__(
         self,

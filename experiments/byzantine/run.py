@@ -39,7 +39,7 @@ SEEDS = (0, 1, 2)
 LR_GRID = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001)
 ATTACKS = ("bit_flip", "label_flip", "alie", "shb", "ipm")
 AGGREGATORS = (("cm", 2), ("rfa", 2), ("mean", 1))
-E2_LR = (0.03, 0.01, 0.003)
+E2_LR = (0.1, 0.03, 0.01, 0.003, 0.001)
 E2_CLIP = (0.1, 1.0, 10.0)
 
 
