@@ -26,17 +26,20 @@ from fedsim.blocks.attacks import bit_flip, gaussian
 from fedsim.rng import generator
 from fedsim.tasks.base import Task
 
-_FLIPPED: dict[tuple[int, int], Task] = {}
+# (task, pid) -> the task with that client's labels flipped: derived data, built once per
+# process like the task itself (the task is kept alongside, so a reused id() cannot match)
+_FLIPPED: dict[tuple[int, int], tuple[Task, Task]] = {}
 
 
 def _label_flipped(task: Task, pid: int) -> Task:
     """``task`` with client ``pid``'s objective on flipped labels (built once per process)."""
     key = (id(task), pid)
-    if key not in _FLIPPED:
+    entry = _FLIPPED.get(key)
+    if entry is None or entry[0] is not task:
         clients = list(task.clients)
         clients[pid] = clients[pid].flipped()
-        _FLIPPED[key] = dataclasses.replace(task, clients=clients)
-    return _FLIPPED[key]
+        entry = _FLIPPED[key] = (task, dataclasses.replace(task, clients=clients))
+    return entry[1]
 
 
 class ByzantineClient(NumPyClient):

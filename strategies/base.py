@@ -251,7 +251,6 @@ class FedsimStrategy(Strategy):
         replies: list[Reply] = []
         up_bits = up_floats = 0
         evals: int | None = 0
-        n_failed = len(failures)
         sampled = set(cohort.ids.tolist())
         seen: list[Reply] = []  # honest replies of clients outside the cohort (oracle=all)
         for proxy, res in results:
@@ -264,7 +263,6 @@ class FedsimStrategy(Strategy):
             up_bits += wire_bits(res.parameters)
             reply = self._check(pid, res, sampled)
             if reply is None:
-                n_failed += 1
                 continue
             replies.append(reply)
             floats = reply.metrics.get("up_floats")

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedsim.blocks.attacks import Attack
 from fedsim.blocks.compressors import Slot, build_compressor, compressor_rng
-from fedsim.blocks.robust import RobustStep
+from fedsim.blocks.robust import RobustStep, clip_rows
 from fedsim.blocks.samplers import Cohort, FullSampler, Sampler, UniformSampler
 from fedsim.blocks.stepsizes import positive_or_auto
 from fedsim.errors import ConfigError, int_at_least
@@ -56,6 +56,12 @@ def _clip_mult(method: Mapping) -> float | None:
     return value
 
 
+def _largest_smoothness(task: Task) -> float:
+    """``max_i L(f̃_i)`` with ``f̃_i = M w_i f_i``."""
+    scale = task.num_clients * task.weights
+    return max(s * cl.smoothness for s, cl in zip(scale, task.clients, strict=True))
+
+
 def _uniform_only(method: Mapping, sampler: Sampler | None) -> None:
     if sampler is not None and not isinstance(sampler, FullSampler | UniformSampler):
         raise ConfigError(
@@ -64,7 +70,41 @@ def _uniform_only(method: Mapping, sampler: Sampler | None) -> None:
         )
 
 
-class ByzVRMarinaPP(FedsimStrategy):
+class _RobustMethod(FedsimStrategy):
+    """What both methods share: the stepsize, the clipping radius and the estimate ``g``."""
+
+    def __init__(
+        self,
+        task: Task,
+        sampler: Sampler,
+        settings: RunSettings,
+        method: Mapping,
+        attack: Attack | None = None,
+        robust: RobustStep | None = None,
+    ) -> None:
+        super().__init__(task, sampler, settings, attack, robust)
+        self.lr = float(method["lr"])
+        self.clip_mult: float | None = method["clip_mult"]
+        self.clip_to = str(method["clip_to"])
+        self.g: np.ndarray | None = None
+
+    @classmethod
+    def from_config(
+        cls, method: Mapping, task: Task, sampler: Sampler, settings: RunSettings
+    ) -> _RobustMethod:
+        attack, robust = robust_blocks(method, task, settings)
+        return cls(task, sampler, settings, method, attack, robust)
+
+    def radius(self, step: np.ndarray) -> float | None:
+        """``λ = α‖step‖`` (``clip_to=step``, the paper) or ``α‖g‖`` (``estimate``, the authors'
+        code); ``None`` without clipping."""
+        if self.clip_mult is None:
+            return None
+        moved = step if self.clip_to == "step" else self.g
+        return self.clip_mult * float(np.linalg.norm(moved))
+
+
+class ByzVRMarinaPP(_RobustMethod):
     """Byz-VR-MARINA-PP (Malinovsky, Richtárik, Horváth, Gorbunov, arXiv 2311.14127, Alg. 1;
     ``method.plus=true``: Byz-VR-MARINA-PP+, Alg. 3).
 
@@ -101,17 +141,13 @@ class ByzVRMarinaPP(FedsimStrategy):
         attack: Attack | None = None,
         robust: RobustStep | None = None,
     ) -> None:
-        super().__init__(task, sampler, settings, attack, robust)
-        self.lr = float(method["lr"])
+        super().__init__(task, sampler, settings, method, attack, robust)
         self.p = float(method["p"])
-        self.clip_mult = _clip_mult(method)
-        self.clip_to = _clip_to(method)
         self.plus = bool(method["plus"])
         self.full_grad = str(method["full_grad"])
         self.epoch_rounds = int(method["epoch_rounds"])
         self.full_cohort_size = int(method["full_cohort_size"])
         self.compressor = build_compressor(method["compressor"], task.dim)
-        self.g: np.ndarray | None = None  # g^k; None before round 1
         self._coin = True
         self._x_new = self.x
         self._slots: dict[int, Slot] = {}
@@ -167,20 +203,13 @@ class ByzVRMarinaPP(FedsimStrategy):
             if isinstance(epoch, str) and epoch == "auto"
             else int_at_least("method.epoch_rounds", epoch, 1)
         )
-        scale = n * task.weights
-        smooth = max(s * cl.smoothness for s, cl in zip(scale, task.clients, strict=True))
-        out["lr"] = positive_or_auto("method.lr", method.get("lr", "auto"), 1.0 / smooth)
+        out["lr"] = positive_or_auto(
+            "method.lr", method.get("lr", "auto"), 1.0 / _largest_smoothness(task)
+        )
         out["clip_mult"] = _clip_mult(method)
         out["clip_to"] = _clip_to(method)
         out["plus"] = bool(method.get("plus", False))
         return out
-
-    @classmethod
-    def from_config(
-        cls, method: Mapping, task: Task, sampler: Sampler, settings: RunSettings
-    ) -> ByzVRMarinaPP:
-        attack, robust = robust_blocks(method, task, settings)
-        return cls(task, sampler, settings, method, attack, robust)
 
     # ----------------------------------------------------------------- schedule
     def full_round(self, rnd: int) -> bool:
@@ -256,20 +285,15 @@ class ByzVRMarinaPP(FedsimStrategy):
         if self._coin:
             g = self.robust_aggregate(rnd, xs, kind="gradient")
         else:
-            level = None
-            if self.clip_mult is not None:
-                moved = self._x_new - self.x if self.clip_to == "step" else self.g
-                level = self.clip_mult * float(np.linalg.norm(moved))
+            level = self.radius(self._x_new - self.x)
             if self.plus:
-                from fedsim.blocks.robust import clip_rows
-
                 g = self.g + clip_rows(xs, level).mean(axis=0)
             else:
                 g = self.g + self.robust_aggregate(rnd, xs, clip=level, kind="difference")
         self.x, self.g = self._x_new, g
 
 
-class RobustMomentum(FedsimStrategy):
+class RobustMomentum(_RobustMethod):
     """Robust client-momentum SGD (Karimireddy, He & Jaggi, arXiv 2012.10333) with any
     aggregator, and the clipping heuristic of Byz-VR-MARINA-PP (arXiv 2311.14127, eq. (10)).
 
@@ -296,11 +320,7 @@ class RobustMomentum(FedsimStrategy):
         attack: Attack | None = None,
         robust: RobustStep | None = None,
     ) -> None:
-        super().__init__(task, sampler, settings, attack, robust)
-        self.lr = float(method["lr"])
-        self.clip_mult = _clip_mult(method)
-        self.clip_to = _clip_to(method)
-        self.g: np.ndarray | None = None
+        super().__init__(task, sampler, settings, method, attack, robust)
         self.x_prev = self.x
 
     @staticmethod
@@ -315,19 +335,11 @@ class RobustMomentum(FedsimStrategy):
             raise ConfigError(f"method.momentum must lie in [0, 1), got {beta!r}")
         out["momentum"] = float(beta)
         out["batch_size"] = int_at_least("method.batch_size", method.get("batch_size", 32), 1)
-        scale = task.num_clients * task.weights
-        smooth = max(s * cl.smoothness for s, cl in zip(scale, task.clients, strict=True))
+        smooth = _largest_smoothness(task)
         out["lr"] = positive_or_auto("method.lr", method.get("lr", "auto"), (1 - beta) / smooth)
         out["clip_mult"] = _clip_mult(method)
         out["clip_to"] = _clip_to(method)
         return out
-
-    @classmethod
-    def from_config(
-        cls, method: Mapping, task: Task, sampler: Sampler, settings: RunSettings
-    ) -> RobustMomentum:
-        attack, robust = robust_blocks(method, task, settings)
-        return cls(task, sampler, settings, method, attack, robust)
 
     def cohort(self, rnd: int) -> Cohort:
         if self.clip_mult is not None and self.g is None:
@@ -350,8 +362,7 @@ class RobustMomentum(FedsimStrategy):
         if self.clip_mult is None or self.g is None:
             g = self.robust_aggregate(rnd, xs, kind="momentum")
         else:
-            moved = self.x - self.x_prev if self.clip_to == "step" else self.g
-            level = self.clip_mult * float(np.linalg.norm(moved))
+            level = self.radius(self.x - self.x_prev)
             g = self.robust_aggregate(rnd, xs, clip=level, reference=self.g, kind="difference")
         self.g = g
         self.x_prev, self.x = self.x, self.x - self.lr * g
