@@ -44,13 +44,19 @@ def evaluate(task: Task, x: np.ndarray) -> dict[str, float | None]:
 
     loss = f(x), grad_norm_sq = ‖∇f(x)‖², gap = f(x) − f*, dist_sq = ‖x − x*‖², accuracy (on the
     training data), test_accuracy (on the task's held-out test set); gap and dist_sq are ``None``
-    when the task has no optimum, test_accuracy when it has no test set.
+    when the task has no optimum, test_accuracy when it has no test set. On a Riemannian task
+    (``task.manifold`` set) grad_norm_sq = ‖grad f(x)‖_x² (the Riemannian gradient in the metric
+    at x) and dist_sq = ``task.distance_sq(x, x*)`` or the squared geodesic distance d(x, x*)².
     """
     loss = task.full.loss(x)
     g = task.full.grad(x)
+    if task.manifold is not None:  # the Riemannian gradient, in the metric at x
+        grad_norm_sq = task.manifold.norm_sq(x, task.manifold.egrad_to_rgrad(x, g))
+    else:
+        grad_norm_sq = float(g @ g)
     out: dict[str, float | None] = {
         "loss": float(loss),
-        "grad_norm_sq": float(g @ g),
+        "grad_norm_sq": float(grad_norm_sq),
         "gap": None,
         "dist_sq": None,
         "accuracy": task.full.accuracy(x),
@@ -60,7 +66,10 @@ def evaluate(task: Task, x: np.ndarray) -> dict[str, float | None]:
     if opt is not None:
         x_star, f_star = opt
         out["gap"] = float(loss - f_star)
-        out["dist_sq"] = float(np.sum((x - x_star) ** 2))
+        if task.manifold is None and task.distance_sq is None:
+            out["dist_sq"] = float(np.sum((x - x_star) ** 2))
+        else:
+            out["dist_sq"] = task.dist_sq_to_optimum(x, x_star)
     return out
 
 

@@ -3,6 +3,10 @@
 Every model in fedsim is a flat ``float64`` numpy vector ``x`` of length ``dim``; tasks with a
 torch model map that vector onto the module's parameters. Flat vectors keep compressors,
 aggregators and attacks model-agnostic and make one Flower array per message.
+
+Riemannian tasks (``manifold`` set) keep ``x`` on a manifold embedded in ``R^dim`` (the sphere,
+SPD matrices flattened row-major). Their objectives still return the *Euclidean* gradient of an
+ambient extension; ``task.geometry.egrad_to_rgrad(x, obj.grad(x))`` is the Riemannian one.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from fedsim.blocks.manifolds import Euclidean, Manifold
 
 
 class Objective(ABC):
@@ -53,6 +59,13 @@ class Task:
     ``byzantine`` lists the Byzantine clients' partition ids: ``full`` and the optimum are then
     the honest clients' objective (their weights renormalized), ``clients`` still lists all.
     ``test`` is a held-out objective (test accuracy), or ``None``.
+
+    Riemannian tasks set ``manifold`` (``None``: Euclidean ``R^dim``); then ``smoothness`` is a
+    geodesic smoothness bound (``‖Hess f_m‖ ≤ L`` on the region that matters, stated by the
+    task), ``mu`` a geodesic strong-convexity constant and ``zeta`` the curvature factor
+    ``ζ = √|κ_min| D / tanh(√|κ_min| D)`` of the trigonometric distance bound (1 where the
+    curvature is non-negative). ``distance_sq(x, x*)`` replaces ``manifold.dist_sq`` (or
+    ``‖x − x*‖²``) in the metrics where ``x*`` is a set (``±x*`` on the sphere).
     """
 
     name: str
@@ -64,6 +77,9 @@ class Task:
     solve: Callable[[], tuple[np.ndarray, float] | None] | None = None
     byzantine: tuple[int, ...] = ()
     test: Objective | None = None
+    manifold: Manifold | None = None
+    distance_sq: Callable[[np.ndarray, np.ndarray], float] | None = None
+    zeta: float = 1.0
     _optimum: tuple[np.ndarray, float] | None = field(default=None, repr=False)
     _solved: bool = field(default=False, repr=False)
 
@@ -88,6 +104,17 @@ class Task:
     @property
     def client_L(self) -> np.ndarray:
         return np.array([c.smoothness for c in self.clients], dtype=float)
+
+    @property
+    def geometry(self) -> Manifold:
+        """The task's manifold, or Euclidean ``R^dim`` when it has none."""
+        return self.manifold if self.manifold is not None else Euclidean(self.dim)
+
+    def dist_sq_to_optimum(self, x: np.ndarray, x_star: np.ndarray) -> float:
+        """``distance_sq(x, x*)`` if the task sets one, else the geometry's squared distance."""
+        if self.distance_sq is not None:
+            return float(self.distance_sq(x, x_star))
+        return float(self.geometry.dist_sq(x, x_star))
 
     def optimum(self) -> tuple[np.ndarray, float] | None:
         """``(x*, f*)``, computed once on first use, or ``None``."""

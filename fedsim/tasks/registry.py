@@ -18,6 +18,20 @@ Tasks (``task.name``):
 - ``quartic``: :mod:`fedsim.tasks.quartic`, ``(1/N) Σ ‖x − x_i‖⁴`` with the points sorted by
   norm and cut into contiguous client blocks (``natural`` only); ``x0 = x0_scale · 1``.
 - ``mlp_digits``: :mod:`fedsim.tasks.mlp` on ``digits``; no ``x*`` (``solve = None``).
+- ``pca_sphere``: :mod:`fedsim.tasks.pca_sphere`, the leading eigenvector on ``S^{d−1}``
+  (``manifold = Sphere(d)``). ``source=synthetic``: ``samples_per_client`` seeded samples per
+  partition id with population eigengap ``eigengap`` (``partition=natural``: one generating
+  client per partition id; other partitions pool and split again, ``sorted`` by the energy
+  ``(zᵀq₁)²`` along the population's top eigenvector); ``source=libsvm`` (``task.path``, like
+  ``logreg_libsvm``) or ``source=sklearn`` (``task.dataset``, standardized features): partitions
+  use the labels. Then ``center`` subtracts the pooled mean row and ``normalize`` scales rows to
+  unit norm (in that order, for every source). ``x0`` is a seeded uniform point on the sphere
+  or the user's ``task.x0``, refused unless it is a unit vector.
+- ``karcher_spd``: :mod:`fedsim.tasks.karcher_spd`, the Karcher mean of SPD ``n × n`` matrices
+  (``manifold = SPD(n)``, flat row-major): ``samples_per_client`` seeded matrices per partition
+  id around a random centre with geodesic spread ``spread``, or the user's ``task.matrices``
+  (every one checked SPD); ``natural`` gives contiguous blocks, other partitions split the pooled
+  matrices (``sorted`` by ``log det``). ``x0`` is the identity or the user's SPD ``task.x0``.
 
 **Byzantine clients** (``byzantine``: their partition ids): ``full`` and the optimum are those of
 the honest clients' objective ``Σ_{m honest} w_m f_m / Σ_{m honest} w_m`` — Byzantine data never
@@ -40,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.blocks.manifolds import SPD
 from fedsim.errors import ConfigError, unknown
 from fedsim.partition import check_partition_cfg, partition_indices
 from fedsim.rng import generator
@@ -55,6 +70,8 @@ TASK_NAMES: tuple[str, ...] = (
     "quadratic",
     "quartic",
     "mlp_digits",
+    "pca_sphere",
+    "karcher_spd",
 )
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "logreg_synthetic": {
@@ -105,6 +122,26 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "float64",
         "torch_threads": 1,
         "test_fraction": 0.0,
+    },
+    "pca_sphere": {
+        "source": "synthetic",  # synthetic | libsvm | sklearn
+        "dim": 20,  # synthetic only
+        "samples_per_client": 100,  # synthetic only
+        "eigengap": 0.5,  # synthetic only: λ_1 − λ_2 of the population covariance
+        "path": None,  # libsvm only; None: $FEDSIM_DATA/a9a, else ../shared/data/a9a
+        "num_features": None,  # libsvm only
+        "max_samples": None,  # libsvm only
+        "dataset": "breast_cancer",  # sklearn only
+        "center": True,
+        "normalize": False,
+        "x0": None,  # None: seeded uniform point on the sphere; else a unit vector
+    },
+    "karcher_spd": {
+        "n": 3,
+        "samples_per_client": 10,
+        "spread": 0.5,
+        "matrices": None,  # None: synthetic; else a list of SPD n × n matrices
+        "x0": None,  # None: the identity; else an SPD n × n matrix
     },
 }
 MULTICLASS_MODES: tuple[str, ...] = ("ovr", "multinomial")
@@ -264,19 +301,25 @@ def _build_libsvm(
     seed: int,
     honest: list[int],
 ) -> Task:
+    l2 = _number(opts, "l2", float, 0.0)
+    a, y = _load_libsvm(opts)
+    a = _maybe_normalize(a, opts)
+    parts = partition_indices(y, num_clients, partition_cfg, seed)
+    return _linear_task(
+        "logreg_libsvm", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
+    )
+
+
+def _load_libsvm(opts: dict[str, Any]) -> tuple[Matrix, np.ndarray]:
+    """The file ``task.path`` (default ``$FEDSIM_DATA/a9a`` or ``../shared/data/a9a``) with
+    ``task.num_features`` and ``task.max_samples``."""
     path = opts["path"]
     if path is None:
         folder = os.environ.get("FEDSIM_DATA") or os.path.join("..", "shared", "data")
         path = os.path.join(folder, "a9a")
     num_features = None if opts["num_features"] is None else _number(opts, "num_features", int, 1)
     max_samples = None if opts["max_samples"] is None else _number(opts, "max_samples", int, 1)
-    l2 = _number(opts, "l2", float, 0.0)
-    a, y = data.load_libsvm(path, num_features, max_samples)
-    a = _maybe_normalize(a, opts)
-    parts = partition_indices(y, num_clients, partition_cfg, seed)
-    return _linear_task(
-        "logreg_libsvm", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
-    )
+    return data.load_libsvm(path, num_features, max_samples)
 
 
 def _build_sklearn(
@@ -467,6 +510,129 @@ def _build_mlp(
     )
 
 
+def _build_pca_sphere(
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
+) -> Task:
+    from fedsim.tasks import pca_sphere as pca
+
+    source = opts["source"]
+    if source not in pca.SOURCES:
+        raise unknown("task.source", source, pca.SOURCES)
+    keys = None
+    if source == "synthetic":
+        dim = _number(opts, "dim", int, 2)
+        samples = _number(opts, "samples_per_client", int, 1)
+        gap = _number(opts, "eigengap", float, 0.0, strict=True)
+        basis = pca.synthetic_basis(dim, seed)
+        spectrum = pca.population_spectrum(dim, gap)
+        z: Matrix = np.vstack(
+            [
+                pca.synthetic_client(k, dim, samples, basis, spectrum, seed)
+                for k in range(num_clients)
+            ]
+        )
+        labels = np.zeros(z.shape[0], dtype=np.int64)
+        keys = (z @ basis[:, 0]) ** 2
+    elif source == "libsvm":
+        z, labels = _load_libsvm(opts)
+    else:
+        z, labels = data.load_sklearn(opts["dataset"])
+    if z.shape[1] < 2:
+        raise ConfigError(f"pca_sphere needs at least 2 features, got {z.shape[1]}")
+    if bool(opts["center"]):
+        dense = z.toarray() if hasattr(z, "toarray") else np.asarray(z, dtype=np.float64)
+        z = dense - dense.mean(axis=0)
+    z = _maybe_normalize(z, opts)
+    if source == "synthetic" and partition_cfg.get("name") == "natural":
+        parts = list(np.arange(z.shape[0]).reshape(num_clients, -1))
+    else:
+        parts = partition_indices(labels, num_clients, partition_cfg, seed, keys=keys)
+    dim = int(z.shape[1])
+    if opts["x0"] is None:
+        x0 = pca.random_x0(dim, seed)
+    else:
+        x0 = _vector(opts, "x0", (dim,))
+        why = pca.unit_norm_error(x0)
+        if why is not None:
+            raise ConfigError(f"task.x0 must be a point of the unit sphere S^{dim - 1}: {why}")
+    return pca.make_task(z, parts, honest, x0, _replicated(partition_cfg))
+
+
+def _vector(opts: dict[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``opts[key]`` as a float array of ``shape`` (ConfigError otherwise)."""
+    try:
+        value = np.array(opts[key], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"task.{key} must be numbers, got {opts[key]!r}") from err
+    if value.size == int(np.prod(shape)) and value.shape != shape:
+        value = value.reshape(shape)
+    if value.shape != shape:
+        raise ConfigError(f"task.{key} must have shape {shape}, got {value.shape}")
+    return value
+
+
+def _build_karcher_spd(
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
+) -> Task:
+    from fedsim.tasks import karcher_spd as ks
+
+    if opts["matrices"] is None:
+        n = _number(opts, "n", int, 1)
+        samples = _number(opts, "samples_per_client", int, 1)
+        spread = _number(opts, "spread", float, 0.0)
+        centre = ks.random_centre(n, seed)
+        mats = np.concatenate(
+            [ks.synthetic_client(k, n, samples, centre, spread, seed) for k in range(num_clients)]
+        )
+        natural = list(np.arange(mats.shape[0]).reshape(num_clients, samples))
+    else:
+        try:
+            mats = np.array(opts["matrices"], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"task.matrices must be a list of n × n matrices: {err}") from err
+        if mats.ndim != 3 or mats.shape[1] != mats.shape[2] or mats.shape[0] < 1:
+            raise ConfigError(f"task.matrices must be a list of n × n matrices, got {mats.shape}")
+        n = int(mats.shape[1])
+        for j, a in enumerate(mats):
+            _check_spd(SPD(n), a, f"task.matrices[{j}]")
+        mats = 0.5 * (mats + np.swapaxes(mats, 1, 2))
+        if mats.shape[0] < num_clients:
+            raise ConfigError(
+                f"cannot split {mats.shape[0]} matrices across {num_clients} clients: every "
+                "client needs a matrix"
+            )
+        natural = np.array_split(np.arange(mats.shape[0]), num_clients)
+    if partition_cfg.get("name") == "natural":
+        parts = natural
+    else:
+        labels = np.zeros(mats.shape[0], dtype=np.int64)
+        keys = np.linalg.slogdet(mats)[1]
+        parts = partition_indices(labels, num_clients, partition_cfg, seed, keys=keys)
+    if opts["x0"] is None:
+        x0 = np.eye(n)
+    else:
+        x0 = _vector(opts, "x0", (n, n))
+        _check_spd(SPD(n), x0, "task.x0")
+        x0 = 0.5 * (x0 + x0.T)
+    return ks.make_task(mats, parts, honest, x0, _replicated(partition_cfg))
+
+
+def _check_spd(spd: SPD, a: np.ndarray, what: str) -> None:
+    """ConfigError unless ``a`` is a symmetric positive definite matrix (to 1e-10)."""
+    try:
+        spd.check_point(spd.flat(a), tol=1e-10, what=what)
+    except ValueError as err:
+        raise ConfigError(f"{what} must be a symmetric positive definite matrix: {err}") from err
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[int]], Task]] = {
     "logreg_synthetic": _build_synthetic,
     "logreg_libsvm": _build_libsvm,
@@ -474,6 +640,8 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[in
     "quadratic": _build_quadratic,
     "quartic": _build_quartic,
     "mlp_digits": _build_mlp,
+    "pca_sphere": _build_pca_sphere,
+    "karcher_spd": _build_karcher_spd,
 }
 
 __all__ = [
