@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedsim.blocks import tamuna_rate
 from fedsim.blocks.compressors import Slot, build_compressor, compressor_rng
 from fedsim.blocks.patterns import columns, support
 from fedsim.blocks.pdhg import balanced
@@ -155,15 +156,15 @@ class Tamuna(FedsimStrategy):
     client fails, its coordinates are averaged over the holders that answered (a coordinate
     nobody answered for keeps its value), which keeps that identity.
 
-    Hyperparameters: ``γ = method.client_lr`` (default ``1/L``), ``s`` with ``2 ≤ s ≤ c``
-    (default ``max(2, ⌊c/2⌋)``: half the uplink; ``s = 2`` needs a larger ``p`` to pay off, see
-    ``experiments/local_training/README.md``),
-    ``η`` in ``(0, p·χ]`` with ``χ = c(s−1)/(s(c−1))`` (default ``p·χ``, the upper end, as the
-    authors' code advises) and ``p``. The paper's corollary for ``p`` could not be read; the
-    default ``p = min(1, √(n/(χ c κ)))`` equates the two contraction factors of a round,
-    ``γμ/p`` (local steps, ``E L = 1/p``) and ``p χ c/n`` (a client refreshes its control
-    variate with probability ``c/n``, by the fraction ``η/p = χ``); with ``c = n`` and ``s = c``
-    it is Scaffnew's ``1/√κ``. With ``c = n``, ``s = c`` and ``η = p`` the iterates are
+    Hyperparameters: ``γ = method.client_lr`` (default ``1/L``), ``s`` with ``2 ≤ s ≤ c``,
+    ``p`` and ``η`` in ``[p/2, p·χ]`` with ``χ = c(s−1)/(s(c−1))``. The paper's corollary for
+    ``s`` and ``p`` could not be read, so the defaults come from the rate fedsim can state for
+    this implementation (:mod:`fedsim.blocks.tamuna_rate`): the exact mean-square contraction
+    per round on quadratics with shared curvature in ``[μ, L]``,
+    ``ρ = max(E(1−γλ)^{2L}, 1 − E[t(2−t)](s−1)/(n−1))``, and the uplink floats to a target,
+    ``s·d·log(1/ε)/(−log ρ)``, minimized over ``s ∈ [2, c]`` and ``p`` (``η = pχ``, the upper
+    end, as the authors' code advises). A given ``s`` or ``p`` is kept and the other chosen for
+    it. With ``c = n``, ``s = c`` and ``η = p`` the iterates are
     Scaffnew's.
     """
 
@@ -187,17 +188,25 @@ class Tamuna(FedsimStrategy):
         c = task.num_clients if sampler is None else sampler.max_cohort_size
         if c < 2:
             raise ConfigError(f"method 'tamuna' needs a cohort of at least 2 clients, got c={c}")
-        s = max(2, c // 2) if _auto(method, "s") else int_at_least("method.s", method.get("s"), 2)
-        if s > c:
+        s = None if _auto(method, "s") else int_at_least("method.s", method.get("s"), 2)
+        if s is not None and s > c:
             raise ConfigError(f"method.s={s} exceeds the cohort size c={c} (need 2 <= s <= c)")
         big_l, _ = uniform_form(task)
-        out = dict(method, s=s, cohort_size=c)
-        out["client_lr"] = positive_or_auto("method.client_lr", method.get("client_lr"), 1 / big_l)
-        chi = c * (s - 1) / (s * (c - 1))
+        out = dict(method, cohort_size=c)
+        out["client_lr"] = gamma = positive_or_auto(
+            "method.client_lr", method.get("client_lr"), 1 / big_l
+        )
+        fixed_p = None if _auto(method, "p") else probability("method.p", method.get("p"), 1.0)
         auto_p = 1.0
-        if _auto(method, "p"):
-            kappa = condition_number(task, "tamuna", "p")
-            auto_p = math.sqrt(task.num_clients / (chi * c * kappa))
+        if s is None or fixed_p is None:  # the communication bound of fedsim.blocks.tamuna_rate
+            mu = big_l / condition_number(task, "tamuna", "s and p")
+            # the averaged iterate contracts at f's own curvature, where the task knows it
+            mu = max(mu, float(getattr(task.full, "strong_convexity", 0.0)))
+            s, auto_p, _ = tamuna_rate.plan(
+                c, gamma, mu, big_l, task.num_clients, task.dim, s=s, p=fixed_p
+            )
+        out["s"] = s
+        chi = tamuna_rate.chi(c, s)
         out["p"] = p = probability("method.p", method.get("p"), min(1.0, auto_p))
         out["eta"] = eta = positive_or_auto("method.eta", method.get("eta"), p * chi)
         if not p / 2 * (1 - 1e-12) <= eta <= p * chi * (1 + 1e-12):

@@ -307,7 +307,7 @@ def test_a_payload_of_the_wrong_dtype_is_a_counted_failure(compose):
         (("method=tamuna", "method.p=0.5", "method.eta=0.2"), "outside [p/2, p·χ]"),
         (("method=fivegcs_cc", "compressor=qsgd", "method.dual_shift=2"), "dual_shift=2.0"),
         (("method=fivegcs", "task.l2=0"), "set method primal_lr and dual_lr"),
-        (("method=tamuna", "task.l2=0"), "set method p explicitly"),
+        (("method=tamuna", "task.l2=0"), "set method s and p explicitly"),
         (
             (
                 "method=fivegcs",

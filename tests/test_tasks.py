@@ -233,6 +233,19 @@ def test_quadratic_heterogeneity_zero_shares_minimizer() -> None:
     assert all(np.linalg.norm(c.grad(x_star)) < 1e-10 for c in task.clients)
 
 
+def test_quadratic_shared_rotation_keeps_the_condition_number() -> None:
+    opts = {"name": "quadratic", "dim": 6, "L_min": 5.0, "L_max": 80.0, "mu": 1.0}
+    shared = build_task({**opts, "rotation": "shared"}, {"name": "natural"}, 5, 3)
+    mixed = build_task(opts, {"name": "natural"}, 5, 3)
+    a0 = shared.clients[0].a
+    for c in shared.clients:  # one eigenbasis: the Hessians commute
+        np.testing.assert_allclose(c.a @ a0, a0 @ c.a, atol=1e-9)
+    assert shared.full.strong_convexity == pytest.approx(1.0)  # f keeps μ along the shared axis
+    assert mixed.full.strong_convexity > 2.0  # random axes average the small curvatures away
+    with pytest.raises(ConfigError, match="task.rotation"):
+        build_task({**opts, "rotation": "tilted"}, {"name": "natural"}, 5, 3)
+
+
 def test_libsvm_a9a_loads() -> None:
     assert A9A.is_file(), f"{A9A} is missing: the shared data folder must hold a9a"
     a, y = load_libsvm(A9A, max_samples=300)

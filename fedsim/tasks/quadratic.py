@@ -9,6 +9,9 @@ exactly ``L_m``-smooth. The ``L_m`` spread across clients by ``task.spread``:
 - ``outlier``: the last client at ``L_max``, every other at ``L_min``;
 - ``clusters``: the first ``⌊M/2⌋`` clients at ``L_min``, the others at ``L_max``.
 
+``task.rotation=shared`` draws one ``Q`` for all clients (their curvatures differ, their axes do
+not, so ``f`` keeps the condition number ``L/μ``); ``random`` (the default) one per client.
+
 Centers ``b_m = b̄ + h ξ_m`` with ``b̄, ξ_m ~ N(0, I)`` and ``h`` = ``task.heterogeneity``:
 ``h = 0`` gives every client the same minimizer. The problem is deterministic: one "sample" per
 client. The global ``f = Σ_m w_m f_m`` is itself a quadratic ``½(x - x*)ᵀĀ(x - x*) + f*``.
@@ -51,6 +54,7 @@ class Quadratic(Objective):
 
 
 SPREADS = ("geometric", "outlier", "clusters")
+ROTATIONS = ("random", "shared")
 
 
 def smoothness_spread(
@@ -86,14 +90,20 @@ def quadratic_clients(
     heterogeneity: float,
     seed: int,
     spread: str = "geometric",
+    rotation: str = "random",
 ) -> list[Quadratic]:
-    """The ``M`` client quadratics (client ``m`` draws from ``generator(seed, 0, ., m)``)."""
+    """The ``M`` client quadratics (client ``m`` draws from ``generator(seed, 0, ., m)``);
+    ``rotation="shared"`` gives every client one seeded eigenbasis."""
     tops = smoothness_spread(num_clients, l_min, l_max, spread)
     center = generator(seed, 0, "task/quadratic").standard_normal(dim)
     clients = []
     for m, top in enumerate(tops):
         rng = generator(seed, 0, "task/quadratic", m)
-        a = random_spd(dim, mu, float(top), rng)
+        if rotation == "shared":  # one eigenbasis for all: curvatures differ, axes do not
+            basis = generator(seed, 0, "task/quadratic-basis")
+            a = random_spd(dim, mu, float(top), basis)
+        else:
+            a = random_spd(dim, mu, float(top), rng)
         b = center + heterogeneity * rng.standard_normal(dim)
         clients.append(Quadratic(a, b))
     return clients

@@ -106,6 +106,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "mu": 1.0,
         "heterogeneity": 1.0,
         "spread": "geometric",
+        "rotation": "random",
         "x0_scale": 0.0,
     },
     "quartic": {
@@ -386,12 +387,22 @@ def _build_quadratic(
     l_min = _number(opts, "L_min", float, mu)
     l_max = _number(opts, "L_max", float, l_min)
     heterogeneity = _number(opts, "heterogeneity", float, 0.0)
-    from fedsim.tasks.quadratic import SPREADS
+    from fedsim.tasks.quadratic import ROTATIONS, SPREADS
 
     if opts["spread"] not in SPREADS:
         raise unknown("task.spread", opts["spread"], SPREADS)
+    if opts["rotation"] not in ROTATIONS:
+        raise unknown("task.rotation", opts["rotation"], ROTATIONS)
     clients = quadratic_clients(
-        num_clients, dim, mu, l_min, l_max, heterogeneity, seed, str(opts["spread"])
+        num_clients,
+        dim,
+        mu,
+        l_min,
+        l_max,
+        heterogeneity,
+        seed,
+        str(opts["spread"]),
+        str(opts["rotation"]),
     )
     weights = np.full(len(honest), 1.0 / len(honest))
     a_bar, x_star, f_star = optimum.quadratic_optimum(
