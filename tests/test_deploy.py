@@ -1,5 +1,5 @@
-"""Deployment: a SuperLink and three SuperNodes on 127.0.0.1; fedavg, tamuna and a label-flipping
-Byzantine client under robust momentum via flwr run."""
+"""Deployment: a SuperLink and three SuperNodes on 127.0.0.1; fedavg, tamuna, a label-flipping
+Byzantine client under robust momentum and R-MARINA on the sphere via flwr run."""
 
 import os
 from pathlib import Path
@@ -51,6 +51,23 @@ BYZANTINE = [
 ]
 
 
+# R-MARINA on the sphere: a shared coin, Rand-K tangent differences re-projected on the server
+# (seed 0: round 2 compressed, round 3 dense).
+RMARINA = [
+    "method=rmarina",
+    "task=pca_sphere",
+    "task.dim=8",
+    "task.samples_per_client=10",
+    "num_clients=3",
+    "num_rounds=3",
+    "sampler=full",
+    "compressor=rand_k",
+    "compressor.k=2",
+    "method.p=0.5",
+    "engine=deployment",
+]
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,6 +96,10 @@ def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
             BYZANTINE, str(tmp_path / "byzantine"), fed.address, home=fed.home, run_timeout=300
         )
         assert record["status"] == "finished:completed"
+        record = submit(
+            RMARINA, str(tmp_path / "rmarina"), fed.address, home=fed.home, run_timeout=300
+        )
+        assert record["status"] == "finished:completed"
     finally:
         fed.stop()
     assert not any(alive(p) for p in fed.pids)
@@ -102,6 +123,13 @@ def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
             [r[column] for r in rows], [r[column] for r in inline], rtol=1e-9, err_msg=column
         )
     assert rows[-1]["loss"] != honest[-1]["loss"]  # the flipped labels changed the run
+    rows = read_metrics(tmp_path / "rmarina" / "metrics.csv")
+    inline = run_overrides([*RMARINA[:-1], "engine=inline", "output.progress=false"])
+    for column in ("loss", "grad_norm_sq", "dist_sq", "up_bits", "up_floats"):
+        np.testing.assert_allclose(
+            [r[column] for r in rows], [r[column] for r in inline], rtol=1e-9, err_msg=column
+        )
+    assert len({r["up_bits"] for r in rows[1:]}) == 2  # a compressed and a dense round
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -27,6 +27,12 @@ SAMPLER = {
     "l0l1_gd": ("sampler=full",),
     "byz_vr_marina_pp": ("sampler=uniform", "sampler.cohort_size=3"),
     "robust_momentum": ("sampler=uniform", "sampler.cohort_size=3"),
+    "rgd": ("sampler=full",),
+    "rsgd": ("sampler=uniform", "sampler.cohort_size=3"),
+    "rsvrg": ("sampler=uniform", "sampler.cohort_size=3"),
+    "rlsvrg": ("sampler=uniform", "sampler.cohort_size=3"),
+    "rpage": ("sampler=uniform", "sampler.cohort_size=3"),
+    "rmarina": ("sampler=full",),
 }
 NEUTRAL = {"compressor": "compressor=rand_k", "aggregator": "aggregator=cm", "attack": "attack=ipm"}
 SMALL = ("engine=inline", "task=logreg_synthetic", "num_clients=6", "task.samples_per_client=30")
