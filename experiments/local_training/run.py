@@ -45,18 +45,18 @@ COMPARISONS = {
     for c in (
         Comparison(
             "tamuna_vs_scaffnew",
-            "(i) TAMUNA (c = 10, s = 5) vs Scaffnew (all 100 clients) vs FedAvg (c = 10)",
+            "(i) TAMUNA (c = 10, s and p auto) vs Scaffnew (all 100 clients) vs FedAvg (c = 10)",
             A9A,
             3000,
             (
                 Arm("TAMUNA", ("method=tamuna",)),
                 # 100 clients x ~43 local steps per round: it converges in fewer rounds
                 Arm("Scaffnew", ("method=scaffnew", "sampler=full", "num_rounds=1200")),
-                Arm("FedAvg", ("method=fedavg", "method.local_steps=13")),
+                Arm("FedAvg", ("method=fedavg", "method.local_steps=5")),
             ),
             ("round", "up_floats"),
             "TAMUNA reaches 1e-8·dist_sq(x0) with fewer uplink floats than Scaffnew; FedAvg "
-            "(13 local steps ≈ TAMUNA's 1/p) never does",
+            "(5 local steps ≈ TAMUNA's 1/p) never does",
             1e-8,
             "up_floats",
             "TAMUNA",
@@ -78,6 +78,23 @@ COMPARISONS = {
             "up_floats",
             "s = 5",
             ("s = 10 (= c)",),
+        ),
+        Comparison(
+            "tamuna_s_auto",
+            "(ii-b) TAMUNA with p and η at auto for each s (c = 10)",
+            (*A9A, "method=tamuna"),
+            3000,
+            (
+                Arm("s = 10 (= c)", ("method.s=10",)),
+                Arm("s = auto", ()),
+                Arm("s = 2", ("method.s=2",)),
+            ),
+            ("round", "up_floats"),
+            "s = auto reaches 1e-8·dist_sq(x0) with fewer uplink floats than s = c and s = 2",
+            1e-8,
+            "up_floats",
+            "s = auto",
+            ("s = 10 (= c)", "s = 2"),
         ),
         Comparison(
             "fivegcs_cc",

@@ -67,7 +67,7 @@ def arm(
     from fedsim.app import compose
     from fedsim.blocks.tamuna_rate import uplink_floats
     from fedsim.build import task_of
-    from fedsim.runner import quiet_flower, run_overrides
+    from fedsim.runner import quiet_flower
     from strategies.local_training import uniform_form
 
     quiet_flower()
@@ -81,11 +81,37 @@ def arm(
     pred = uplink_floats(k, p, eta, gamma, mu, big_l, task.num_clients, task.dim)
     pred *= math.log(1 / LEVEL)
     rounds = int(4 * pred / (k * task.dim)) + 100
-    rows = run_overrides([*overrides, f"num_rounds={rounds}"])
+    rows = rows_until_level(compose(" ".join([*overrides, f"num_rounds={rounds}"])))
     d = np.array([r["dist_sq"] for r in rows], dtype=float)
     up = np.cumsum([r["up_floats"] or 0 for r in rows])
     hit = np.flatnonzero(d / d[0] <= LEVEL)
     return (float(up[hit[0]]) if hit.size else math.inf), pred, (k, p)
+
+
+class _Reached(Exception):
+    """Raised after the round whose row first meets the level: the rest cannot change it."""
+
+
+def rows_until_level(cfg: dict) -> list[dict]:
+    """The inline run of ``cfg`` (as :func:`fedsim.runner.run` drives it), stopped after the
+    first row with dist_sq ≤ LEVEL·dist_sq(x0): the same rows as the full run up to there."""
+    from fedsim.app import server_fn
+    from fedsim.build import client_factory
+    from fedsim.engines.inline import make_nodes, run_rounds
+
+    strategy = server_fn(cfg, None, False, None).server.strategy
+    nodes = make_nodes(client_factory(cfg), cfg["num_clients"], cfg["seed"])
+    rows = strategy.recorder.rows
+
+    def check(rnd: int) -> None:
+        if rows[-1]["dist_sq"] <= LEVEL * rows[0]["dist_sq"]:
+            raise _Reached
+
+    try:
+        run_rounds(strategy, nodes, cfg["num_rounds"], after_round=check)
+    except _Reached:
+        pass
+    return rows
 
 
 def resolved_s(data: str, c: int, kappa: float) -> int:
