@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
+from fedsim.engines.ray import shared_ray
 from fedsim.runner import run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_ray():
+    """Every Ray run of this module shares one Ray (8–11 s to start each time otherwise)."""
+    with shared_ray():
+        yield
+
 
 COMMON = (
     "method=fedavg",
@@ -28,6 +37,9 @@ def test_inline_and_ray_give_identical_losses(compose, tmp_path):
         b = np.array([r[column] for r in ray], dtype=float)
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=0, err_msg=column)
     assert (tmp_path / "ray" / "metrics.csv").exists()
+    import ray
+
+    assert ray.is_initialized()  # shared_ray kept it across the run
 
     # A client whose update depends on context.state: both engines keep one state per node.
     stateful = (*COMMON, "method.client=tests.stateful_client.DampedClient")

@@ -2,8 +2,10 @@
 
 One virtual SuperNode per partition id; Ray runs one actor per ``client_resources.num_cpus``
 CPUs. Flower 1.42 starts Ray for every run and shuts it down at the end (so each job of a Hydra
-sweep pays Ray's start-up, 8–11 s here: sweep many cheap runs with ``engine=inline``). Flower
-rewrites ``PYTHONPATH`` on every start; it is restored afterwards.
+sweep pays Ray's start-up, 8–11 s here: sweep many cheap runs with ``engine=inline``). Inside
+:func:`shared_ray` the runs share one Ray instead: it is started once, Flower finds it running
+(its backend only starts Ray when none is), and its shutdown at the end of a run is skipped.
+Flower rewrites ``PYTHONPATH`` on every start; it is restored afterwards.
 """
 
 from __future__ import annotations
@@ -11,9 +13,58 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping
 
 log = logging.getLogger("fedsim")
+_shared = False  # inside shared_ray(): Flower's per-run ray.shutdown() is skipped
+
+
+def _ray_env() -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@contextlib.contextmanager
+def shared_ray(num_cpus: int | None = None) -> Iterator[None]:
+    """One Ray for every :func:`run_ray` inside the block (started here unless one is running,
+    and then shut down at its end). Its workers see this process's ``sys.path``, as the ones
+    Flower starts do."""
+    global _shared
+    _ray_env()
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        args = {} if num_cpus is None else {"num_cpus": int(num_cpus)}
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"PYTHONPATH": path}},
+            **args,
+        )
+    _shared = True
+    try:
+        yield
+    finally:
+        _shared = False
+        if started:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _kept_alive() -> Iterator[None]:
+    """Skip the ``ray.shutdown()`` Flower's backend calls when a run ends (inside shared_ray)."""
+    import ray
+
+    shutdown = ray.shutdown
+    ray.shutdown = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        ray.shutdown = shutdown
 
 
 def backend_config(engine: Mapping, device: str) -> dict:
@@ -48,15 +99,14 @@ def restored_pythonpath() -> Iterator[None]:
 
 def run_ray(cfg: Mapping, outdir: str | None, progress: bool) -> None:
     """Run one resolved config on Flower's Simulation Engine."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    _ray_env()
     from flwr.simulation import run_simulation
 
     from fedsim.app import bound_apps
 
     server_app, client_app = bound_apps(cfg, outdir, progress)
-    with restored_pythonpath():
+    keep = _kept_alive() if _shared else contextlib.nullcontext()
+    with restored_pythonpath(), keep:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
