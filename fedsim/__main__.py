@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -21,13 +22,30 @@ from fedsim.errors import ConfigError
 log = logging.getLogger("fedsim")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: stop the run as Ctrl-C would (status interrupted, exit code 143)."""
+    from fedsim.status import Terminated
+
+    raise Terminated
+
+
+def _plot(outdir: Path) -> None:
+    from fedsim.plot import plot_runs
+
+    try:
+        log.info("figure: %s", plot_runs([outdir], outdir / "curves.png"))
+    except Exception as err:  # noqa: BLE001 - a figure never costs the run its results
+        log.warning("no figure: %s", err)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from fedsim.build import resolve
-    from fedsim.runner import print_summary, quiet_flower, run, summarize
+    from fedsim.runner import print_summary, quiet_flower, run
+    from fedsim.status import exit_code, read_summary, status_of
 
     quiet_flower()
     try:
@@ -45,25 +63,29 @@ def main(cfg: DictConfig) -> float | None:
         resolved["engine"]["name"],
         outdir,
     )
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         progress = bool(resolved["output"].get("progress", True))
         rows = run(resolved, outdir, progress, list(HydraConfig.get().overrides.task))
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except Exception as err:  # noqa: BLE001 - report the cause, not Ray's stack
-        print(f"fedsim: run failed: {err}", file=sys.stderr)
-        log.debug("run failed", exc_info=True)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one diverged grid point: sweep on
-            (outdir / "FAILED").write_text(f"{err}\n")
-            return None
-        sys.exit(1)
-    summary = summarize(resolved, rows, outdir)
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 - report the cause, not Ray's stack
+        status = status_of(err)
+        summary = read_summary(outdir) or {}
+        print(f"fedsim: run {status}: {summary.get('reason') or err}", file=sys.stderr)
+        log.debug("run %s", status, exc_info=True)
+        if resolved["output"].get("plot", True) and (outdir / "metrics.csv").exists():
+            _plot(outdir)  # the rows so far, marked with the status
+        if status != "interrupted" and HydraConfig.get().mode == RunMode.MULTIRUN:
+            (outdir / "FAILED").write_text(f"{status}: {summary.get('reason') or err}\n")
+            return None  # one diverged or failed grid point: the sweep goes on
+        sys.exit(exit_code(err))
+    summary = read_summary(outdir) or {}
     if resolved["output"].get("plot", True) and rows:
-        from fedsim.plot import plot_runs
-
-        figure = plot_runs([outdir], outdir / "curves.png")
-        log.info("figure: %s", figure)
+        _plot(outdir)
     print_summary(summary)
     value = summary.get("gap") if summary.get("gap") is not None else summary.get("loss")
     return None if value is None else float(value)

@@ -33,9 +33,14 @@ def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings
         eval_every=cfg["eval_every"],
         max_failure_fraction=float(cfg["max_failure_fraction"]),
         max_failed_rounds=cfg["max_failed_rounds"],
+        max_loss_ratio=_ratio(cfg.get("max_loss_ratio", 1e6)),
         outdir=outdir,
         progress=progress,
     )
+
+
+def _ratio(value: object) -> float | None:
+    return None if value is None else float(value)
 
 
 def round_timeout(cfg: Mapping) -> float | None:

@@ -11,6 +11,11 @@ metric that has data (``gap`` = f(x) − f*, ``dist_sq`` = ‖x − x*‖², ``g
 bits B_t = Σ_{s≤t} (up_bits_s + down_bits_s), and cumulative gradient evaluations
 G_t = Σ_{s≤t} grad_evals_s (the CSV holds per-row amounts, not running totals).
 Error metrics use a log y-scale. Empty CSV cells mean "not provided" and are never plotted.
+
+A run whose ``summary.json`` says it did not complete is marked in the legend (``[diverged]``,
+``[aborted]``, ``[interrupted]``, ``[failed]``, ``[incomplete]`` for one still running or killed).
+A curve is drawn up to its last finite value below :data:`BLOWUP` and ends there with an ``x``
+when the values after it are non-finite or larger (a diverged run).
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from matplotlib.figure import Figure
 
 from fedsim.errors import ConfigError
 from fedsim.metrics import read_columns
+from fedsim.status import read_summary
 
 METRICS_FILE = "metrics.csv"
+BLOWUP = 1e100  # larger values are drawn as the end of a diverged curve (log axes overflow)
+STATUS_MARKS = {"running": "incomplete"}
 ERROR_METRICS = ("gap", "dist_sq", "grad_norm_sq")
 FALLBACK_METRICS = ("loss",)
 X_AXES = (
@@ -56,6 +64,7 @@ class Run:
     label: str
     data: dict[str, np.ndarray]
     config: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None  # from summary.json; None for a run without one
 
     def has(self, key: str) -> bool:
         """Whether column ``key`` exists and holds at least one finite value."""
@@ -143,7 +152,8 @@ def load_runs(paths: Iterable[str | Path], label_by: Sequence[str] = ()) -> list
             data["round"] = np.arange(1.0, len(data["bits"]) + 1)
         config = _load_yaml(d / "config.yaml")
         config = config if isinstance(config, dict) else {}
-        runs.append(Run(d, make_label(d, config, label_by), data, config))
+        status = (read_summary(d) or {}).get("status")
+        runs.append(Run(d, make_label(d, config, label_by), data, config, status))
     _disambiguate(runs)
     return runs
 
@@ -191,6 +201,16 @@ def _title(runs: Sequence[Run], common: Sequence[str]) -> str:
     return " — ".join(parts)
 
 
+def until_blowup(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The points before the first value that is ±inf or above :data:`BLOWUP` in absolute
+    value (NaN cells are "not provided" and kept), and whether there was such a value."""
+    bad = np.isinf(ys) | (np.abs(np.nan_to_num(ys)) > BLOWUP)
+    if not bad.any():
+        return xs, ys, False
+    stop = int(np.argmax(bad))
+    return xs[:stop], ys[:stop], True
+
+
 def _default_out(path: str | Path) -> Path:
     p = Path(path)
     return (p.parent if p.is_file() else p) / "curves.png"
@@ -212,6 +232,12 @@ def plot_runs(
     rows, xs = grid(runs)
     cols = [(x, name) for x, name in X_AXES if x in xs]
     common, labels = split_common([r.label for r in runs])
+    labels = [
+        f"{label} [{STATUS_MARKS.get(r.status, r.status)}]"
+        if r.status not in (None, "completed")
+        else label
+        for r, label in zip(runs, labels, strict=True)
+    ]
 
     fig = Figure(figsize=(4.4 * len(cols), 3.2 * len(rows) + 0.5), layout="constrained")
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
@@ -225,11 +251,15 @@ def plot_runs(
                 if not (run.has(x) and run.has(y)):
                     continue
                 xs, ys = run.data[x], run.data[y]
+                xs, ys, blown = until_blowup(xs, ys)
+                blown |= run.status == "diverged"
                 keep = np.isfinite(xs) & np.isfinite(ys) & ((ys > 0) if logy else True)
                 if not keep.any():
                     continue
                 marker = "o" if keep.sum() <= 30 else None
                 (line,) = ax.plot(xs[keep], ys[keep], color=color, marker=marker, ms=3, lw=1.4)
+                if blown:
+                    ax.plot(xs[keep][-1:], ys[keep][-1:], "x", color=color, ms=9, mew=2)
                 handles.setdefault(label, line)
             if logy:
                 ax.set_yscale("log")

@@ -6,14 +6,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedsim.metrics import read_metrics, totals
+from fedsim.status import (
+    SUMMARY_FILE,
+    RunStopped,
+    Terminated,
+    mark,
+    read_summary,
+    status_of,
+    write_json,
+)
 
 log = logging.getLogger("fedsim")
 
@@ -40,10 +50,38 @@ def run(
 ) -> list[dict]:
     """Run a resolved config; return the metrics rows (also in ``outdir/metrics.csv``).
 
-    ``overrides`` are the Hydra overrides that composed ``cfg``: the deployment engine sends them
-    to the ServerApp and ClientApps, which compose the same config themselves.
+    With an ``outdir``, ``summary.json`` says ``status: running`` from the start and holds the
+    summary and the final status at the end, whatever ends the run (:mod:`fedsim.status`); the
+    error that stopped a run is raised again after that. ``overrides`` are the Hydra overrides
+    that composed ``cfg``: the deployment engine sends them to the ServerApp and ClientApps,
+    which compose the same config themselves.
     """
     outdir = str(Path(outdir).resolve()) if outdir is not None else None
+    if outdir is not None:
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+        (Path(outdir) / "metrics.csv").unlink(missing_ok=True)  # never a stale file's rows
+        mark(outdir, "running", None, **identity(cfg), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        rows = _run_engine(cfg, outdir, progress, overrides)
+        written = read_summary(outdir) if outdir is not None else None
+        if written and written.get("status") in ("diverged", "aborted"):  # the ServerApp's word
+            raise RunStopped(written["status"], str(written.get("reason")))
+    except BaseException as err:
+        if cfg["engine"]["name"] == "ray":
+            _stop_local_ray()
+        if outdir is not None:
+            path = Path(outdir) / "metrics.csv"
+            rows = read_metrics(path) if path.exists() else []
+            summarize(cfg, rows, Path(outdir), status_of(err), stop_reason(cfg, err))
+        raise
+    if outdir is not None:
+        summarize(cfg, rows, Path(outdir), "completed")
+    return rows
+
+
+def _run_engine(
+    cfg: Mapping, outdir: str | None, progress: bool, overrides: Sequence[str]
+) -> list[dict]:
     engine = cfg["engine"]["name"]
     if engine == "inline":
         from fedsim.app import server_fn
@@ -77,6 +115,50 @@ def run(
     return read_metrics(path)
 
 
+def _stop_local_ray() -> None:
+    """Shut down the Ray this process started, when a run ends by an error or a signal (Flower
+    shuts it down only when the run returns); a Ray shared by :func:`shared_ray` is left on."""
+    from fedsim.engines import ray as ray_engine
+
+    if getattr(ray_engine, "_shared", False):
+        return
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        log.debug("ray.shutdown failed", exc_info=True)
+
+
+# the method keys that are stepsizes (named in the divergence message)
+_STEPSIZE = re.compile(r"(^|_)lr$|^eta$|^gamma|^c[01]$")
+
+
+def stepsize_knobs(cfg: Mapping) -> str:
+    """``method.KEY=VALUE`` for the method's stepsize keys, comma-separated."""
+    method = cfg["method"]
+    keys = [k for k in method if _STEPSIZE.search(k) and isinstance(method[k], int | float)]
+    return ", ".join(f"method.{k}={method[k]:g}" for k in keys)
+
+
+def stop_reason(cfg: Mapping, err: BaseException) -> str:
+    """Why the run stopped, for ``summary.json`` and the console."""
+    if isinstance(err, KeyboardInterrupt):
+        return f"stopped by {'SIGTERM' if isinstance(err, Terminated) else 'SIGINT'}"
+    text = str(err) or type(err).__name__
+    if status_of(err) == "diverged":
+        knobs = stepsize_knobs(cfg)
+        text += f"; lower the stepsize ({knobs})" if knobs else "; lower the stepsize"
+    return text
+
+
+def identity(cfg: Mapping) -> dict:
+    """What names a run in its summary: method, task, partition, sampler, engine, seed."""
+    names = {k: cfg[k]["name"] for k in ("method", "task", "partition", "sampler", "engine")}
+    return {**names, "seed": cfg["seed"]}
+
+
 def run_overrides(overrides: Sequence[str], outdir: str | Path | None = None) -> list[dict]:
     """Compose ``conf/`` with ``overrides`` (Hydra syntax), validate, run; return the rows."""
     from fedsim.app import compose
@@ -85,17 +167,20 @@ def run_overrides(overrides: Sequence[str], outdir: str | Path | None = None) ->
     return run(cfg, outdir, overrides=list(overrides))
 
 
-def summarize(cfg: Mapping, rows: list[dict], outdir: Path) -> dict:
-    """The one-screen summary of a run (also written to ``summary.json``)."""
+def summarize(
+    cfg: Mapping,
+    rows: list[dict],
+    outdir: Path,
+    status: str = "completed",
+    reason: str | None = None,
+) -> dict:
+    """The one-screen summary of a run, with its status (also written to ``summary.json``)."""
     last = rows[-1] if rows else {}
     tot = totals(rows)
     summary = {
-        "method": cfg["method"]["name"],
-        "task": cfg["task"]["name"],
-        "partition": cfg["partition"]["name"],
-        "sampler": cfg["sampler"]["name"],
-        "engine": cfg["engine"]["name"],
-        "seed": cfg["seed"],
+        "status": status,
+        "reason": reason,
+        **identity(cfg),
         "rounds": int(last.get("round") or 0),
         "wall_s": last.get("wall_s"),
         **{k: last.get(k) for k in ("loss", "gap", "dist_sq", "grad_norm_sq", "accuracy")},
@@ -107,7 +192,8 @@ def summarize(cfg: Mapping, rows: list[dict], outdir: Path) -> dict:
         "failures": tot["failures"],
         "outdir": str(outdir),
     }
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    started = (read_summary(outdir) or {}).get("started")
+    write_json(outdir / SUMMARY_FILE, {**summary, "started": started})
     return summary
 
 
@@ -124,7 +210,7 @@ def print_summary(summary: dict) -> None:
             return f"{v:.6g}"
         return "—" if v is None else str(v)
 
-    for key in ("method", "task", "partition", "sampler", "engine", "seed", "rounds"):
+    for key in ("status", "method", "task", "partition", "sampler", "engine", "seed", "rounds"):
         table.add_row(key, fmt(summary[key]))
     for key in ("loss", "gap", "dist_sq", "grad_norm_sq", "accuracy"):
         table.add_row(key, fmt(summary[key]))

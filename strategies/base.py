@@ -56,6 +56,7 @@ from fedsim.blocks.robust import RobustStep
 from fedsim.blocks.samplers import Cohort, Sampler
 from fedsim.metrics import MetricsRecorder, evaluate
 from fedsim.rng import generator
+from fedsim.status import mark
 from fedsim.tasks.base import Task
 from fedsim.wire import decode, encode, wire_bits
 
@@ -63,7 +64,28 @@ log = logging.getLogger("fedsim")
 
 
 class RunAborted(RuntimeError):
-    """Too many consecutive rounds could not proceed (see ``max_failed_rounds``)."""
+    """Too many consecutive rounds could not proceed (see ``max_failed_rounds``). ``rows``: the
+    metrics rows written before the stop."""
+
+    status = "aborted"
+    rows: list[dict] = []
+
+
+class RunDiverged(RuntimeError):
+    """An evaluated loss is not finite, or ``|f(x_t)| > max_loss_ratio · |f(x_0)|``: the
+    iterates blew up (a stepsize too large), which is not a client failure. ``rows``: the
+    metrics rows written before the stop (the last one holds the loss that stopped it)."""
+
+    status = "diverged"
+    rows: list[dict] = []
+
+    def __init__(self, rnd: int, loss: float, loss0: float, ratio: float | None) -> None:
+        grew = "is not finite" if not np.isfinite(loss) else f"exceeds {ratio:g} × |f(x_0)|"
+        super().__init__(
+            f"the loss {loss:.6g} at round {rnd} {grew} "
+            f"(f(x_0) = {loss0:.6g}, max_loss_ratio={ratio})"
+        )
+        self.rnd, self.loss, self.loss0 = rnd, loss, loss0
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,7 @@ class RunSettings:
     eval_every: int = 1
     max_failure_fraction: float = 0.5
     max_failed_rounds: int = 3
+    max_loss_ratio: float | None = 1e6
     outdir: str | None = None
     progress: bool = False
     discovery_timeout: float = 120.0
@@ -200,7 +223,10 @@ class FedsimStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         if not self._proxies:
-            self._proxies = discover(client_manager, self.task.num_clients, self.settings)
+            try:
+                self._proxies = discover(client_manager, self.task.num_clients, self.settings)
+            except RunAborted as err:
+                raise self._stop(err) from None
             self._pid_of = {proxy.cid: pid for pid, proxy in self._proxies.items()}
         cohort = self.cohort(server_round)
         self._cohort = cohort
@@ -295,12 +321,12 @@ class FedsimStrategy(Strategy):
                 len(cohort.ids),
             )
             if self._failed_rounds >= self.settings.max_failed_rounds:
-                if self._bar is not None:
-                    self._bar.close()
-                raise RunAborted(
-                    f"{self._failed_rounds} consecutive rounds failed (more than "
-                    f"max_failure_fraction={self.settings.max_failure_fraction} of the cohort); "
-                    "stopping the run"
+                raise self._stop(
+                    RunAborted(
+                        f"{self._failed_rounds} consecutive rounds failed (more than "
+                        f"max_failure_fraction={self.settings.max_failure_fraction} of the "
+                        "cohort); stopping the run"
+                    )
                 )
             return None, {"failures": n_failed}
         self._failed_rounds = 0
@@ -375,7 +401,9 @@ class FedsimStrategy(Strategy):
             self._bar.update(1)
         if not (server_round % s.eval_every == 0 or last):
             return None
-        row = self.recorder.row(server_round, evaluate(self.task, self.x))
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverged model is reported below
+            row = self.recorder.row(server_round, evaluate(self.task, self.x))
+        self._check_divergence(server_round, float(row["loss"]))
         if self._bar is not None:
             shown = "gap" if row.get("gap") is not None else "loss"
             self._bar.set_postfix({shown: f"{row[shown]:.3e}"}, refresh=False)
@@ -383,6 +411,27 @@ class FedsimStrategy(Strategy):
                 self._bar.close()
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}
         return float(row["loss"]), metrics
+
+    def _check_divergence(self, rnd: int, loss: float) -> None:
+        """Raise :class:`RunDiverged` when ``loss`` is not finite or exceeds ``max_loss_ratio``
+        times the round-0 loss in absolute value (the round-0 row is written first)."""
+        if rnd == 0:
+            self._loss0 = loss
+        loss0 = getattr(self, "_loss0", loss)
+        ratio = self.settings.max_loss_ratio
+        if not np.isfinite(loss) or (
+            ratio is not None and loss0 != 0 and abs(loss) > ratio * abs(loss0)
+        ):
+            raise self._stop(RunDiverged(rnd, loss, loss0, ratio))
+
+    def _stop(self, err: RunAborted | RunDiverged) -> RunAborted | RunDiverged:
+        """Close the progress bar and record the stop in ``summary.json`` (the ServerApp may run
+        in another process than ``python -m fedsim``, as in deployment): return ``err``."""
+        if self._bar is not None:
+            self._bar.close()
+        mark(self.settings.outdir, err.status, str(err))
+        err.rows = self.recorder.rows  # the rows so far, for callers of the Python API
+        return err
 
 
 def robust_blocks(

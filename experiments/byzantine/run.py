@@ -45,18 +45,27 @@ E2_CLIP = (0.1, 1.0, 10.0)
 
 def run_one(overrides: list[str]) -> dict[str, np.ndarray]:
     """One inline run: rounds, epochs, gap, loss, test accuracy (NaN where a metric is empty)."""
+    from fedsim.app import compose
     from fedsim.build import task_of
     from fedsim.runner import quiet_flower, run_overrides
+    from strategies.base import RunDiverged
 
     quiet_flower()
-    rows = run_overrides(
-        ["engine=inline", "output.progress=false", "output.plot=false", *overrides]
-    )
+    try:
+        rows = run_overrides(
+            ["engine=inline", "output.progress=false", "output.plot=false", *overrides]
+        )
+        missing = 0
+    except RunDiverged as err:  # a stepsize of the grid that blows up: +inf from there on
+        rows = err.rows
+        total = compose(" ".join(["engine=inline", *overrides]))
+        evaluated = {*range(0, total["num_rounds"] + 1, total["eval_every"]), total["num_rounds"]}
+        missing = len(evaluated) - len(rows)
 
     def column(key: str) -> np.ndarray:
-        return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
-
-    from fedsim.app import compose
+        values = [np.nan if r.get(key) is None else r[key] for r in rows]
+        fill = np.inf if key in ("gap", "loss") else np.nan
+        return np.array(values + [fill] * max(missing, 0), dtype=float)
 
     task = task_of(compose(" ".join(["engine=inline", *overrides])))
     per_epoch = float(task.sizes.sum())
