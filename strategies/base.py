@@ -214,9 +214,9 @@ class FedsimStrategy(Strategy):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         self.recorder.restart_clock()
         if self.settings.progress:
-            from tqdm.auto import tqdm
+            from fedsim.progress import progress_bar
 
-            self._bar = tqdm(total=self.settings.num_rounds, desc="rounds", unit="rnd")
+            self._bar = progress_bar(self.settings.num_rounds)
         return encode([self.x])
 
     def configure_fit(
@@ -397,18 +397,20 @@ class FedsimStrategy(Strategy):
     ) -> tuple[float, dict[str, Scalar]] | None:
         s = self.settings
         last = server_round == s.num_rounds
-        if self._bar is not None and server_round > 0:
-            self._bar.update(1)
+        bar = self._bar if server_round > 0 else None
         if not (server_round % s.eval_every == 0 or last):
+            if bar is not None:
+                bar.update(1)
             return None
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged model is reported below
             row = self.recorder.row(server_round, evaluate(self.task, self.x))
         self._check_divergence(server_round, float(row["loss"]))
-        if self._bar is not None:
+        if bar is not None:
             shown = "gap" if row.get("gap") is not None else "loss"
-            self._bar.set_postfix({shown: f"{row[shown]:.3e}"}, refresh=False)
+            bar.set_postfix({shown: f"{row[shown]:.3e}"}, refresh=False)
+            bar.update(1)
             if last:
-                self._bar.close()
+                bar.close()
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}
         return float(row["loss"]), metrics
 

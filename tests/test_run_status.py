@@ -140,3 +140,17 @@ def test_exit_codes():
     assert exit_code(Terminated()) == 143 and exit_code(KeyboardInterrupt()) == 130
     assert exit_code(RunAborted("x")) == 1 and exit_code(ValueError("x")) == 1
     assert status_of(ValueError("x")) == "failed"
+
+
+def test_without_a_terminal_progress_is_a_log_line_every_tenth_of_the_run(compose, caplog):
+    """Under pytest stderr is no terminal: no bar, one INFO line per 10 rounds of 100."""
+    import logging
+
+    cfg = compose(*SMALL[:-1], "num_rounds=100", "eval_every=5")
+    cfg["output"]["progress"] = True
+    with caplog.at_level(logging.INFO, logger="fedsim"):
+        rows = run(cfg, None, progress=True)
+    lines = [r.getMessage() for r in caplog.records if "rounds/s" in r.getMessage()]
+    assert len(lines) == 10 and lines[-1].startswith("round 100/100 (100%)")
+    gap50 = next(r["gap"] for r in rows if r["round"] == 50)
+    assert f"gap={gap50:.3e}" in lines[4]  # the metric of the round the line names
