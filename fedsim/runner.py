@@ -57,10 +57,18 @@ def run(
     which compose the same config themselves.
     """
     outdir = str(Path(outdir).resolve()) if outdir is not None else None
+    # every process the run starts (Ray, SuperLink, SuperNodes) inherits it: fedsim.clean finds
+    # those a killed run left behind by it
+    os.environ.setdefault("FEDSIM_OWNER", str(os.getpid()))
     if outdir is not None:
         Path(outdir).mkdir(parents=True, exist_ok=True)
         (Path(outdir) / "metrics.csv").unlink(missing_ok=True)  # never a stale file's rows
         mark(outdir, "running", None, **identity(cfg), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    registered = None
+    if cfg["engine"]["name"] != "inline":  # python -m fedsim.clean finds what a kill -9 left
+        from fedsim.clean import register
+
+        registered = register(os.getpid(), str(outdir))
     try:
         rows = _run_engine(cfg, outdir, progress, overrides)
         written = read_summary(outdir) if outdir is not None else None
@@ -74,6 +82,9 @@ def run(
             rows = read_metrics(path) if path.exists() else []
             summarize(cfg, rows, Path(outdir), status_of(err), stop_reason(cfg, err))
         raise
+    finally:
+        if registered is not None:
+            registered.unlink(missing_ok=True)
     if outdir is not None:
         summarize(cfg, rows, Path(outdir), "completed")
     return rows
