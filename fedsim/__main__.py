@@ -29,6 +29,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _resumable(outdir: Path) -> tuple[Path, dict]:
+    """The run directory and resolved config of ``resume=DIR``: the config the run saved when
+    it started (already resolved: ``auto`` values are the numbers it ran with)."""
+    path = outdir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"resume={outdir}: no config.yaml there (not a fedsim run directory)")
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(saved, dict):
+        raise ConfigError(f"resume={outdir}: {path} is not a fedsim config")
+    saved["resume"] = None
+    return outdir.resolve(), saved
+
+
 def _plot(outdir: Path) -> None:
     from fedsim.plot import plot_runs
 
@@ -48,14 +61,19 @@ def main(cfg: DictConfig) -> float | None:
     from fedsim.status import exit_code, read_summary, status_of
 
     quiet_flower()
+    resume = cfg.get("resume")
     try:
-        resolved = resolve(cfg, solve=True)
+        if resume:
+            outdir, resolved = _resumable(Path(str(resume)))
+        else:
+            resolved = resolve(cfg, solve=True)
+            outdir = Path(HydraConfig.get().runtime.output_dir)
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)
-    outdir = Path(HydraConfig.get().runtime.output_dir)
     outdir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(resolved), outdir / "config.yaml")
+    if not resume:
+        OmegaConf.save(OmegaConf.create(resolved), outdir / "config.yaml")
     log.info(
         "%s on %s (%s engine) → %s",
         resolved["method"]["name"],
@@ -66,7 +84,8 @@ def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         progress = bool(resolved["output"].get("progress", True))
-        rows = run(resolved, outdir, progress, list(HydraConfig.get().overrides.task))
+        overrides = list(HydraConfig.get().overrides.task)
+        rows = run(resolved, outdir, progress, overrides, resume=bool(resume))
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         sys.exit(2)

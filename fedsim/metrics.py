@@ -100,6 +100,29 @@ class MetricsRecorder:
     def restart_clock(self) -> None:
         self._t0 = time.perf_counter()
 
+    def wall(self) -> float:
+        """Seconds on this run's clock (``wall_s`` of a row written now)."""
+        return time.perf_counter() - self._t0
+
+    def state(self) -> dict[str, object]:
+        return {"rows": list(self.rows), "pending": dict(self._pending)}
+
+    def load(self, state: dict, wall_s: float) -> None:
+        """Continue from a checkpoint's ``state``: its rows replace ``metrics.csv``'s (rows
+        written after the checkpoint are dropped: the resumed run writes them again), and the
+        clock goes on from ``wall_s``."""
+        self.rows = list(state["rows"])
+        self._pending = dict(state["pending"])
+        self._t0 = time.perf_counter() - wall_s
+        if self.path is not None:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            with tmp.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(COLUMNS)
+                for row in self.rows:
+                    writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+            tmp.replace(self.path)
+
     def add(self, **amounts: int | None) -> None:
         """Add traffic of the current round (keys from :data:`TRAFFIC`). ``None`` means unknown:
         the row's cell stays empty rather than holding a partial sum."""

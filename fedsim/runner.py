@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedsim.checkpoint import CHECKPOINT_FILE
+from fedsim.errors import ConfigError
 from fedsim.metrics import read_metrics, totals
 from fedsim.status import (
     SUMMARY_FILE,
@@ -47,6 +49,7 @@ def run(
     outdir: str | Path | None,
     progress: bool = False,
     overrides: Sequence[str] = (),
+    resume: bool = False,
 ) -> list[dict]:
     """Run a resolved config; return the metrics rows (also in ``outdir/metrics.csv``).
 
@@ -54,7 +57,8 @@ def run(
     summary and the final status at the end, whatever ends the run (:mod:`fedsim.status`); the
     error that stopped a run is raised again after that. ``overrides`` are the Hydra overrides
     that composed ``cfg``: the deployment engine sends them to the ServerApp and ClientApps,
-    which compose the same config themselves.
+    which compose the same config themselves. ``resume``: continue the inline run in
+    ``outdir`` from its checkpoint (:mod:`fedsim.checkpoint`).
     """
     outdir = str(Path(outdir).resolve()) if outdir is not None else None
     # every process the run starts (Ray, SuperLink, SuperNodes) inherits it: fedsim.clean finds
@@ -62,7 +66,9 @@ def run(
     os.environ.setdefault("FEDSIM_OWNER", str(os.getpid()))
     if outdir is not None:
         Path(outdir).mkdir(parents=True, exist_ok=True)
-        (Path(outdir) / "metrics.csv").unlink(missing_ok=True)  # never a stale file's rows
+        if not resume:
+            (Path(outdir) / "metrics.csv").unlink(missing_ok=True)  # never a stale file's rows
+            (Path(outdir) / CHECKPOINT_FILE).unlink(missing_ok=True)
         mark(outdir, "running", None, **identity(cfg), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     registered = None
     if cfg["engine"]["name"] != "inline":  # python -m fedsim.clean finds what a kill -9 left
@@ -70,7 +76,7 @@ def run(
 
         registered = register(os.getpid(), str(outdir))
     try:
-        rows = _run_engine(cfg, outdir, progress, overrides)
+        rows = _run_engine(cfg, outdir, progress, overrides, resume)
         written = read_summary(outdir) if outdir is not None else None
         if written and written.get("status") in ("diverged", "aborted"):  # the ServerApp's word
             raise RunStopped(written["status"], str(written.get("reason")))
@@ -86,15 +92,22 @@ def run(
         if registered is not None:
             registered.unlink(missing_ok=True)
     if outdir is not None:
+        (Path(outdir) / CHECKPOINT_FILE).unlink(missing_ok=True)  # a completed run needs none
         summarize(cfg, rows, Path(outdir), "completed")
     return rows
 
 
 def _run_engine(
-    cfg: Mapping, outdir: str | None, progress: bool, overrides: Sequence[str]
+    cfg: Mapping, outdir: str | None, progress: bool, overrides: Sequence[str], resume: bool
 ) -> list[dict]:
     engine = cfg["engine"]["name"]
+    if resume and engine != "inline":
+        raise ConfigError(
+            f"only inline runs can resume: on the {engine} engine the clients' state lives in "
+            "Flower's node contexts, which fedsim cannot save or restore"
+        )
     if engine == "inline":
+        from fedsim import checkpoint
         from fedsim.app import server_fn
         from fedsim.build import client_factory
         from fedsim.engines.inline import make_nodes, run_rounds
@@ -102,7 +115,23 @@ def _run_engine(
         components = server_fn(cfg, outdir, progress, None)
         strategy = components.server.strategy
         nodes = make_nodes(client_factory(cfg), cfg["num_clients"], cfg["seed"])
-        run_rounds(strategy, nodes, cfg["num_rounds"])
+        start = 0
+        if resume:
+            assert outdir is not None
+            state = checkpoint.load(outdir)
+            checkpoint.restore(state, strategy, nodes)
+            start = state.round
+            log.info("resuming %s after round %d", outdir, start)
+        after = None
+        every, every_s = cfg.get("checkpoint_every"), cfg.get("checkpoint_every_s")
+        if outdir is not None and (every is not None or every_s is not None):
+            schedule = checkpoint.Schedule(every, every_s)
+
+            def after(rnd: int) -> None:
+                if rnd < cfg["num_rounds"] and schedule.due(rnd):
+                    checkpoint.save(outdir, rnd, strategy, nodes)
+
+        run_rounds(strategy, nodes, cfg["num_rounds"], after, start)
         return strategy.recorder.rows
     if outdir is None:
         raise ValueError(f"the {engine} engine writes its metrics to a directory: give outdir")

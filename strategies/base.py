@@ -122,6 +122,22 @@ class FedsimStrategy(Strategy):
     """
 
     uses: tuple[str, ...] = ()
+    # Attributes rebuilt from the config when a run resumes; every other attribute is the
+    # method's state and goes into a checkpoint (state_dict). A method whose attributes hold
+    # something unpicklable or rebuilt from the config adds its names here.
+    transient: tuple[str, ...] = (
+        "task",
+        "sampler",
+        "settings",
+        "attack",
+        "byzantine",
+        "robust",
+        "recorder",
+        "_proxies",
+        "_pid_of",
+        "_bar",
+        "_cohort",
+    )
     # True when fit_config has no side effects and clients keep no state that an extra
     # ``oracle`` call could change, so ``attack.oracle=all`` may ask every honest client.
     oracle_ready: bool = False
@@ -209,6 +225,30 @@ class FedsimStrategy(Strategy):
             state = self.robust.init(self.task.dim)
         out, self.robust_state[kind] = self.robust(xs, state, rng, clip, reference)
         return out
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, object]:
+        """The server's state between rounds: every attribute but the :attr:`transient` ones,
+        and the metrics so far (:mod:`fedsim.checkpoint`)."""
+        state = {k: v for k, v in vars(self).items() if k not in self.transient}
+        state["recorder"] = self.recorder.state()
+        return state
+
+    def load_state_dict(self, state: dict[str, object], wall_s: float) -> None:
+        """Continue from :meth:`state_dict`'s output (on a strategy built from the same config)."""
+        state = dict(state)
+        recorder = state.pop("recorder")
+        vars(self).update(state)
+        self.recorder.load(recorder, wall_s)  # type: ignore[arg-type]
+
+    def resume_parameters(self, rnd: int) -> Parameters:
+        """The model after round ``rnd``, as :meth:`initialize_parameters` gives round 0's."""
+        if self.settings.progress:
+            from fedsim.progress import progress_bar
+
+            self._bar = progress_bar(self.settings.num_rounds)
+            self._bar.update(rnd)
+        return encode([self.x])
 
     # ----------------------------------------------------------------- Flower hooks
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:

@@ -105,15 +105,20 @@ def run_rounds(
     manager: SimpleClientManager,
     num_rounds: int,
     after_round: Callable[[int], None] | None = None,
+    start: int = 0,
 ) -> None:
     """Flower's legacy round loop, sequential and in this process; ``after_round(rnd)`` (if
     given) sees the strategy and the nodes' contexts after each round, e.g. to check an
-    invariant."""
-    parameters = strategy.initialize_parameters(manager)
-    if parameters is None:
-        raise RuntimeError("the strategy did not initialize the model")
-    strategy.evaluate(0, parameters)
-    for rnd in range(1, num_rounds + 1):
+    invariant or take a checkpoint. ``start > 0``: the strategy and the nodes hold the state
+    after round ``start`` (a resumed run), and the loop goes on from there."""
+    if start > 0:
+        parameters = strategy.resume_parameters(start)
+    else:
+        parameters = strategy.initialize_parameters(manager)
+        if parameters is None:
+            raise RuntimeError("the strategy did not initialize the model")
+        strategy.evaluate(0, parameters)
+    for rnd in range(start + 1, num_rounds + 1):
         instructions = strategy.configure_fit(rnd, parameters, manager)
         results: list[tuple[ClientProxy, FitRes]] = []
         failures: list[tuple[ClientProxy, FitRes] | BaseException] = []

@@ -1,0 +1,126 @@
+"""Checkpoint and resume (inline engine): a killed run, resumed, ends as the uninterrupted one.
+
+Every method is checked in process (a crash right after a round, some rounds past the last
+checkpoint); four of them (fedavg, tamuna, fivegcs_cc, a clipped method) are killed for real,
+with ``kill -9`` at a random round, and resumed from the command line.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim import checkpoint
+from fedsim.app import server_fn
+from fedsim.build import client_factory
+from fedsim.engines.inline import make_nodes, run_rounds
+from fedsim.errors import ConfigError
+from fedsim.metrics import read_columns
+from fedsim.runner import run
+from tests.test_engines import BYZANTINE, CLIPPED, LOCAL_TRAINING, RIEMANNIAN
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGREG = ("task=logreg_synthetic", "num_clients=6", "task.samples_per_client=40")
+QUARTIC = ("task=quartic", "num_clients=4", "task.dim=6", "task.num_points=40")
+SPHERE = ("task=pca_sphere", "task.dim=6", "task.samples_per_client=10", "num_clients=4")
+CASES = {
+    "fedavg": (*LOGREG, "method=fedavg", "sampler=uniform", "sampler.cohort_size=3"),
+    **{k: (*LOGREG, *v) for k, v in LOCAL_TRAINING.items()},
+    **{k: (*QUARTIC, *v) for k, v in CLIPPED.items()},
+    **{k: (*LOGREG, "sampler=uniform", "sampler.cohort_size=4", *v) for k, v in BYZANTINE.items()},
+    **{k: (*SPHERE, *v) for k, v in RIEMANNIAN.items()},
+}
+COLUMNS_BUT_WALL = (
+    "round", "clients", "loss", "grad_norm_sq", "gap", "dist_sq", "accuracy", "test_accuracy",
+    "up_bits", "down_bits", "up_floats", "down_floats", "grad_evals", "failures",
+)  # fmt: skip
+
+
+class Crash(Exception):
+    pass
+
+
+def same_metrics(a: Path, b: Path) -> None:
+    ca, cb = read_columns(a / "metrics.csv"), read_columns(b / "metrics.csv")
+    for column in COLUMNS_BUT_WALL:
+        np.testing.assert_array_equal(cb[column], ca[column], err_msg=column)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_method_resumes_to_the_uninterrupted_run(compose, tmp_path, name):
+    cfg = compose(*CASES[name], "num_rounds=9", "seed=7", "engine=inline")
+    run(cfg, tmp_path / "full")
+
+    # the same run, checkpointed after round 4 and crashing after round 6
+    outdir = tmp_path / "crashed"
+    strategy = server_fn(cfg, str(outdir), False, None).server.strategy
+    nodes = make_nodes(client_factory(cfg), cfg["num_clients"], cfg["seed"])
+
+    def after(rnd: int) -> None:
+        if rnd == 4:
+            checkpoint.save(outdir, rnd, strategy, nodes)
+        if rnd == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_rounds(strategy, nodes, cfg["num_rounds"], after)
+    assert len((outdir / "metrics.csv").read_text().splitlines()) == 1 + 7  # rounds 0..6
+    run(cfg, outdir, resume=True)
+    same_metrics(tmp_path / "full", outdir)
+
+
+def test_resume_needs_a_checkpoint_and_the_inline_engine(compose, tmp_path):
+    cfg = compose(*CASES["fedavg"], "num_rounds=3", "engine=inline")
+    with pytest.raises(ConfigError, match="nothing to resume from"):
+        run(cfg, tmp_path, resume=True)
+    (tmp_path / "checkpoint.pkl").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        run(cfg, tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="only inline runs can resume"):
+        run(compose(*CASES["fedavg"], "engine=ray"), tmp_path, resume=True)
+
+
+def fedsim(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "fedsim", *args, "output.progress=false", "output.plot=false"]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+KILLED = {  # a long enough run that a kill lands mid-way, on 2 cores
+    "fedavg": (*CASES["fedavg"], "num_rounds=1500"),
+    "tamuna": (*CASES["tamuna"], "num_rounds=800"),
+    "fivegcs_cc": (*CASES["fivegcs_cc"], "num_rounds=800"),
+    "clerr": (*CASES["clerr"], "num_rounds=1000"),
+}
+
+
+@pytest.mark.parametrize("name", list(KILLED))
+def test_kill_9_at_a_random_round_then_resume_gives_the_same_metrics(compose, tmp_path, name):
+    args = (*KILLED[name], "engine=inline", "seed=1", "checkpoint_every=13")
+    full = run(compose(*args), tmp_path / "full")
+    outdir = tmp_path / "killed"
+    proc = fedsim(*args, f"hydra.run.dir={outdir}")
+    target = random.Random().randrange(40, len(full) // 2)  # a row past a checkpoint or more
+    deadline = time.monotonic() + 120
+    metrics = outdir / "metrics.csv"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > target):
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-500:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (outdir / "checkpoint.pkl").exists()
+    assert len(metrics.read_text().splitlines()) < 1 + len(full)  # it really was cut short
+    resumed = fedsim(f"resume={outdir}")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    same_metrics(tmp_path / "full", outdir)
+    assert not (outdir / "checkpoint.pkl").exists()  # a completed run keeps none
