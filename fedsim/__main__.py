@@ -22,11 +22,16 @@ from fedsim.errors import ConfigError
 log = logging.getLogger("fedsim")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM: stop the run as Ctrl-C would (status interrupted, exit code 143)."""
-    from fedsim.status import Terminated
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: an inline run stops after the current round with a checkpoint; any other
+    run (or a second signal) stops at once. Status interrupted, exit code 130 or 143."""
+    from fedsim import status
 
-    raise Terminated
+    if status.graceful and status.pending_signal is None:
+        status.pending_signal = signum
+        log.warning("signal %d: stopping after this round (again to stop at once)", signum)
+        return
+    status.raise_for(signum)
 
 
 def _resumable(outdir: Path) -> tuple[Path, dict]:
@@ -81,7 +86,8 @@ def main(cfg: DictConfig) -> float | None:
         resolved["engine"]["name"],
         outdir,
     )
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         progress = bool(resolved["output"].get("progress", True))
         overrides = list(HydraConfig.get().overrides.task)

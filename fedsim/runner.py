@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedsim import status
 from fedsim.checkpoint import CHECKPOINT_FILE
 from fedsim.errors import ConfigError
 from fedsim.metrics import read_metrics, totals
@@ -122,16 +123,22 @@ def _run_engine(
             checkpoint.restore(state, strategy, nodes)
             start = state.round
             log.info("resuming %s after round %d", outdir, start)
-        after = None
         every, every_s = cfg.get("checkpoint_every"), cfg.get("checkpoint_every_s")
-        if outdir is not None and (every is not None or every_s is not None):
-            schedule = checkpoint.Schedule(every, every_s)
+        schedule = checkpoint.Schedule(every, every_s)
 
-            def after(rnd: int) -> None:
-                if rnd < cfg["num_rounds"] and schedule.due(rnd):
+        def after(rnd: int) -> None:
+            stop = status.pending_signal
+            if outdir is not None and rnd < cfg["num_rounds"]:
+                if stop is not None or schedule.due(rnd):
                     checkpoint.save(outdir, rnd, strategy, nodes)
+            if stop is not None:
+                status.raise_for(stop)
 
-        run_rounds(strategy, nodes, cfg["num_rounds"], after, start)
+        status.graceful, status.pending_signal = True, None
+        try:
+            run_rounds(strategy, nodes, cfg["num_rounds"], after, start)
+        finally:
+            status.graceful = False
         return strategy.recorder.rows
     if outdir is None:
         raise ValueError(f"the {engine} engine writes its metrics to a directory: give outdir")

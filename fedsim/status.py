@@ -86,3 +86,19 @@ def exit_code(err: BaseException) -> int:
     if isinstance(err, Terminated):
         return 143
     return EXIT_CODES.get(status_of(err), 1)
+
+
+# A stop asked for by SIGINT/SIGTERM while a run can stop between rounds (the inline engine):
+# the signal number, acted on after the current round (checkpoint, then Terminated or
+# KeyboardInterrupt). Set by ``python -m fedsim``'s handler, read by the inline round loop.
+pending_signal: int | None = None
+graceful = False  # True while such a loop runs
+
+
+def raise_for(signum: int) -> None:
+    """Raise what ``signum`` stands for: Terminated (SIGTERM) or KeyboardInterrupt."""
+    import signal
+
+    if signum == signal.SIGTERM:
+        raise Terminated
+    raise KeyboardInterrupt

@@ -126,6 +126,9 @@ def test_sigterm_marks_the_run_interrupted_and_kill_9_leaves_it_running(tmp_path
     s = summary(tmp_path / "term")
     assert s["status"] == "interrupted" and "SIGTERM" in s["reason"]
     assert s["rounds"] >= 200  # the rows so far are in the summary and in metrics.csv
+    from fedsim.checkpoint import load
+
+    assert load(tmp_path / "term").round >= s["rounds"]  # stopped after a round, checkpointed
 
     proc = fedsim(*long, f"hydra.run.dir={tmp_path / 'kill'}")
     _wait_for_rows(tmp_path / "kill" / "metrics.csv", 2)
