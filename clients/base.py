@@ -12,6 +12,7 @@ import numpy as np
 from flwr.client import NumPyClient
 from flwr.common import ArrayRecord, Context, Scalar
 
+from fedsim.checkpoint import STATE_BLOB, STATE_KEY, pack_state, unpack_state_into
 from fedsim.rng import generator
 from fedsim.tasks.base import Objective
 
@@ -26,7 +27,17 @@ class FedsimClient(NumPyClient):
         self.state = context.state
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return {"partition-id": self.pid}
+        """The partition id (discovery); with ``config[STATE_KEY]`` = "get" also this node's
+        ``context.state`` pickled, with "put" the state given back replaces it (checkpoints,
+        :mod:`fedsim.checkpoint`)."""
+        out: dict[str, Scalar] = {"partition-id": self.pid}
+        action = config.get(STATE_KEY)
+        if action == "get":
+            out[STATE_BLOB] = pack_state(self.state)
+        elif action == "put":
+            unpack_state_into(self.state, bytes(config[STATE_BLOB]))  # type: ignore[arg-type]
+            out["restored"] = 1
+        return out
 
     def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
         return []  # the strategy initializes the model

@@ -34,6 +34,8 @@ def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings
         max_failure_fraction=float(cfg["max_failure_fraction"]),
         max_failed_rounds=cfg["max_failed_rounds"],
         max_loss_ratio=_ratio(cfg.get("max_loss_ratio", 1e6)),
+        checkpoint_every=cfg.get("checkpoint_every"),
+        checkpoint_every_s=_ratio(cfg.get("checkpoint_every_s")),
         outdir=outdir,
         progress=progress,
     )
@@ -48,12 +50,22 @@ def round_timeout(cfg: Mapping) -> float | None:
     return None if value is None else float(value)
 
 
-def server_fn(cfg: Mapping, outdir: str | None, progress: bool, context: Context):
-    """A legacy ``Server`` around the method's strategy, dispatching to the whole cohort at once."""
+def server_fn(
+    cfg: Mapping, outdir: str | None, progress: bool, context: Context, resume: bool = False
+):
+    """A legacy ``Server`` around the method's strategy, dispatching to the whole cohort at once.
+    ``resume``: the strategy continues from ``outdir``'s checkpoint, and Flower runs the rounds
+    that are left."""
     strategy = build_strategy(cfg, settings_of(cfg, outdir, progress))
+    rounds = cfg["num_rounds"]
+    if resume:
+        assert outdir is not None
+        from fedsim import checkpoint
+
+        rounds = strategy.resume_from(checkpoint.load(outdir))
     server = Server(client_manager=SimpleClientManager(), strategy=strategy)
     server.set_max_workers(strategy.sampler.max_cohort_size)
-    config = ServerConfig(num_rounds=cfg["num_rounds"], round_timeout=round_timeout(cfg))
+    config = ServerConfig(num_rounds=rounds, round_timeout=round_timeout(cfg))
     return ServerAppComponents(server=server, config=config)
 
 
@@ -61,9 +73,12 @@ def client_fn(cfg: Mapping, context: Context) -> Client:
     return build_client(cfg, context)
 
 
-def bound_apps(cfg: Mapping, outdir: str | None, progress: bool) -> tuple[ServerApp, ClientApp]:
+def bound_apps(
+    cfg: Mapping, outdir: str | None, progress: bool, resume: bool = False
+) -> tuple[ServerApp, ClientApp]:
     """ServerApp and ClientApp bound to one resolved config (ray and inline engines)."""
-    server = ServerApp(server_fn=functools.partial(server_fn, dict(cfg), outdir, progress))
+    serve = functools.partial(server_fn, dict(cfg), outdir, progress, resume=resume)
+    server = ServerApp(server_fn=serve)
     client = ClientApp(client_fn=functools.partial(client_fn, dict(cfg)))
     return server, client
 

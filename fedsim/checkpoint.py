@@ -2,18 +2,20 @@
 
 A checkpoint is one pickle, ``<outdir>/checkpoint.pkl``, replaced atomically (a temporary file in
 the same folder, then a rename: a ``kill -9`` at any moment leaves the previous checkpoint or the
-new one, never half of one). It holds the round it was taken after, the strategy's state
-(:meth:`strategies.base.FedsimStrategy.state_dict`: every attribute not declared ``transient``,
-so a method's server buffers are saved because they are attributes, with no code of its own),
-the metrics rows so far, and every node's ``context.state`` (the clients' state, by partition
-id). Randomness needs nothing: every draw is keyed by (seed, round, purpose, client)
+new one, never half of one). The strategy takes it at the end of a round: the round, the
+strategy's state (:meth:`strategies.base.FedsimStrategy.state_dict`: every attribute not
+declared ``transient``, so a method's server buffers are saved because they are attributes, with
+no code of its own), the metrics rows so far, and every node's ``context.state``, which the
+strategy asks each node for with a ``get_properties`` message (:data:`STATE_KEY` = "get"; the
+node answers with its state pickled, :func:`pack_state`). Node contexts live where the nodes
+live (in process, in Flower's Simulation Engine, on SuperNodes), so the same message works on
+every engine. Randomness needs nothing: every draw is keyed by (seed, round, purpose, client)
 (:mod:`fedsim.rng`), so the rounds after the checkpoint draw what they would have drawn.
 
-Resuming rebuilds the strategy and the nodes from the run's ``config.yaml``, loads the state,
-rewrites ``metrics.csv`` with the checkpoint's rows (rows written after the checkpoint are
-computed again, identically) and runs the remaining rounds. Only the inline engine can resume:
-on the ray engine the nodes' contexts live inside Flower's Simulation Engine, and on deployment
-inside the SuperNodes, where fedsim cannot read or restore them.
+Resuming rebuilds the strategy from the run's ``config.yaml``, loads its state, rewrites
+``metrics.csv`` with the checkpoint's rows (rows written after the checkpoint are computed again,
+identically), sends every node its state back once the nodes are discovered (``"put"``), and runs
+the remaining rounds, Flower's round ``r`` being the run's round ``r + k``.
 """
 
 from __future__ import annotations
@@ -26,33 +28,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.server.client_manager import SimpleClientManager
-
 CHECKPOINT_FILE = "checkpoint.pkl"
-VERSION = 1
+VERSION = 2
+# the get_properties config that asks a node for its state ("get") or gives it back ("put")
+STATE_KEY = "fedsim-state"
+STATE_BLOB = "fedsim-state-blob"
 
 
 @dataclass
 class Checkpoint:
     round: int
     strategy: dict[str, Any]
-    nodes: dict[int, Any]  # partition id -> context.state (a Flower RecordDict)
+    nodes: dict[int, bytes]  # partition id -> its context.state, pickled by the node
     wall_s: float
     version: int = VERSION
 
 
-def node_states(manager: SimpleClientManager) -> dict[int, Any]:
-    """Every in-process node's ``context.state``, by partition id."""
-    return {
-        int(proxy.context.node_config["partition-id"]): proxy.context.state
-        for proxy in manager.all().values()
-    }
-
-
-def save(outdir: str | Path, rnd: int, strategy: Any, manager: SimpleClientManager) -> Path:
+def save(
+    outdir: str | Path, rnd: int, strategy: dict[str, Any], nodes: dict[int, bytes], wall_s: float
+) -> Path:
     """Write the checkpoint taken after round ``rnd`` atomically; return its path."""
     path = Path(outdir) / CHECKPOINT_FILE
-    state = Checkpoint(rnd, strategy.state_dict(), node_states(manager), strategy.recorder.wall())
+    state = Checkpoint(rnd, strategy, nodes, wall_s)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -83,12 +80,18 @@ def load(outdir: str | Path) -> Checkpoint:
     return state
 
 
-def restore(state: Checkpoint, strategy: Any, manager: SimpleClientManager) -> None:
-    """Load ``state`` into a freshly built strategy and nodes of the same config."""
-    strategy.load_state_dict(state.strategy, state.wall_s)
-    saved = state.nodes
-    for proxy in manager.all().values():
-        proxy.context.state = saved[int(proxy.context.node_config["partition-id"])]
+def pack_state(state: Any) -> bytes:
+    """A node's ``context.state`` (a Flower RecordDict) as bytes, for a properties reply."""
+    return pickle.dumps(dict(state.items()), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_state_into(state: Any, blob: bytes) -> None:
+    """Replace the contents of ``state`` (in place: Flower keeps this object) by ``blob``'s."""
+    saved = pickle.loads(blob)
+    for key in list(state.keys()):
+        del state[key]
+    for key, value in saved.items():
+        state[key] = value
 
 
 class Schedule:

@@ -76,6 +76,7 @@ def run(
         from fedsim.clean import register
 
         registered = register(os.getpid(), str(outdir))
+    status.graceful, status.pending_signal = True, None
     try:
         rows = _run_engine(cfg, outdir, progress, overrides, resume)
         written = read_summary(outdir) if outdir is not None else None
@@ -90,6 +91,7 @@ def run(
             summarize(cfg, rows, Path(outdir), status_of(err), stop_reason(cfg, err))
         raise
     finally:
+        status.graceful = False
         if registered is not None:
             registered.unlink(missing_ok=True)
     if outdir is not None:
@@ -102,50 +104,27 @@ def _run_engine(
     cfg: Mapping, outdir: str | None, progress: bool, overrides: Sequence[str], resume: bool
 ) -> list[dict]:
     engine = cfg["engine"]["name"]
-    if resume and engine != "inline":
+    if resume and engine == "deployment":
         raise ConfigError(
-            f"only inline runs can resume: on the {engine} engine the clients' state lives in "
-            "Flower's node contexts, which fedsim cannot save or restore"
+            "deployment runs cannot resume yet: the ServerApp is started by `flwr run` on the "
+            "SuperLink, which fedsim cannot hand a checkpoint to; resume inline or ray runs"
         )
     if engine == "inline":
-        from fedsim import checkpoint
         from fedsim.app import server_fn
         from fedsim.build import client_factory
         from fedsim.engines.inline import make_nodes, run_rounds
 
-        components = server_fn(cfg, outdir, progress, None)
+        components = server_fn(cfg, outdir, progress, None, resume)
         strategy = components.server.strategy
         nodes = make_nodes(client_factory(cfg), cfg["num_clients"], cfg["seed"])
-        start = 0
-        if resume:
-            assert outdir is not None
-            state = checkpoint.load(outdir)
-            checkpoint.restore(state, strategy, nodes)
-            start = state.round
-            log.info("resuming %s after round %d", outdir, start)
-        every, every_s = cfg.get("checkpoint_every"), cfg.get("checkpoint_every_s")
-        schedule = checkpoint.Schedule(every, every_s)
-
-        def after(rnd: int) -> None:
-            stop = status.pending_signal
-            if outdir is not None and rnd < cfg["num_rounds"]:
-                if stop is not None or schedule.due(rnd):
-                    checkpoint.save(outdir, rnd, strategy, nodes)
-            if stop is not None:
-                status.raise_for(stop)
-
-        status.graceful, status.pending_signal = True, None
-        try:
-            run_rounds(strategy, nodes, cfg["num_rounds"], after, start)
-        finally:
-            status.graceful = False
+        run_rounds(strategy, nodes, components.config.num_rounds)
         return strategy.recorder.rows
     if outdir is None:
         raise ValueError(f"the {engine} engine writes its metrics to a directory: give outdir")
     if engine == "ray":
         from fedsim.engines.ray import run_ray
 
-        run_ray(cfg, outdir, progress)
+        run_ray(cfg, outdir, progress, resume)
     elif engine == "deployment":
         from fedsim.engines.deployment import run_deployment
 

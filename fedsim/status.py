@@ -73,6 +73,20 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread by ``python -m fedsim``'s signal handler."""
 
 
+class RunInterrupted(RuntimeError):
+    """A run stopped by SIGINT/SIGTERM after round ``rnd``, with its checkpoint written (raised
+    by the strategy: an Exception, so Flower's server thread hands it to the main thread)."""
+
+    status = "interrupted"
+
+    def __init__(self, signum: int, rnd: int) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} after round {rnd} (checkpoint written)")
+        self.signum, self.rnd = signum, rnd
+
+
 def status_of(err: BaseException) -> str:
     """The status a run stopped by ``err`` ends with."""
     if isinstance(err, KeyboardInterrupt):
@@ -83,16 +97,20 @@ def status_of(err: BaseException) -> str:
 
 def exit_code(err: BaseException) -> int:
     """The exit status of ``python -m fedsim`` for a run stopped by ``err``."""
+    import signal
+
     if isinstance(err, Terminated):
         return 143
+    if isinstance(err, RunInterrupted):
+        return 143 if err.signum == signal.SIGTERM else 130
     return EXIT_CODES.get(status_of(err), 1)
 
 
-# A stop asked for by SIGINT/SIGTERM while a run can stop between rounds (the inline engine):
-# the signal number, acted on after the current round (checkpoint, then Terminated or
-# KeyboardInterrupt). Set by ``python -m fedsim``'s handler, read by the inline round loop.
+# A stop asked for by SIGINT/SIGTERM: the signal number, acted on by the strategy after the
+# current round (checkpoint, then RunInterrupted). Set by ``python -m fedsim``'s handler while a
+# run is on (``graceful``); a second signal stops at once (raise_for).
 pending_signal: int | None = None
-graceful = False  # True while such a loop runs
+graceful = False
 
 
 def raise_for(signum: int) -> None:

@@ -50,13 +50,16 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedsim import status
 from fedsim.blocks.aggregators import build_aggregator
 from fedsim.blocks.attacks import Attack, build_attack
 from fedsim.blocks.robust import RobustStep
 from fedsim.blocks.samplers import Cohort, Sampler
+from fedsim.checkpoint import STATE_BLOB, STATE_KEY, Checkpoint, Schedule
+from fedsim.checkpoint import save as save_checkpoint
 from fedsim.metrics import MetricsRecorder, evaluate
 from fedsim.rng import generator
-from fedsim.status import mark
+from fedsim.status import RunInterrupted, mark
 from fedsim.tasks.base import Task
 from fedsim.wire import decode, encode, wire_bits
 
@@ -98,6 +101,8 @@ class RunSettings:
     max_failure_fraction: float = 0.5
     max_failed_rounds: int = 3
     max_loss_ratio: float | None = 1e6
+    checkpoint_every: int | None = None
+    checkpoint_every_s: float | None = None
     outdir: str | None = None
     progress: bool = False
     discovery_timeout: float = 120.0
@@ -137,6 +142,9 @@ class FedsimStrategy(Strategy):
         "_pid_of",
         "_bar",
         "_cohort",
+        "_offset",
+        "_resume_nodes",
+        "_schedule",
     )
     # True when fit_config has no side effects and clients keep no state that an extra
     # ``oracle`` call could change, so ``attack.oracle=all`` may ask every honest client.
@@ -169,6 +177,9 @@ class FedsimStrategy(Strategy):
         self._cohort: Cohort | None = None
         self._failed_rounds = 0
         self._bar = None
+        self._offset = 0  # a resumed run: Flower's round r is the run's round r + _offset
+        self._resume_nodes: dict[int, bytes] | None = None  # node states to put back
+        self._schedule = Schedule(settings.checkpoint_every, settings.checkpoint_every_s)
 
     # ----------------------------------------------------------------- method hooks
     def fit_config(self, rnd: int, cohort: Cohort) -> dict[int, tuple[list[np.ndarray], dict]]:
@@ -234,40 +245,82 @@ class FedsimStrategy(Strategy):
         state["recorder"] = self.recorder.state()
         return state
 
-    def load_state_dict(self, state: dict[str, object], wall_s: float) -> None:
-        """Continue from :meth:`state_dict`'s output (on a strategy built from the same config)."""
-        state = dict(state)
+    def resume_from(self, ckpt: Checkpoint) -> int:
+        """Continue after the checkpoint's round (on a strategy built from the same config):
+        load the server state, keep the nodes' states to put back once the nodes are known,
+        and number Flower's rounds from there. Returns the rounds left to run."""
+        state = dict(ckpt.strategy)
         recorder = state.pop("recorder")
         vars(self).update(state)
-        self.recorder.load(recorder, wall_s)  # type: ignore[arg-type]
+        self.recorder.load(recorder, ckpt.wall_s)  # type: ignore[arg-type]
+        self._offset = ckpt.round
+        self._resume_nodes = dict(ckpt.nodes)
+        return self.settings.num_rounds - ckpt.round
 
-    def resume_parameters(self, rnd: int) -> Parameters:
-        """The model after round ``rnd``, as :meth:`initialize_parameters` gives round 0's."""
-        if self.settings.progress:
-            from fedsim.progress import progress_bar
+    def _ask_nodes(self, configs: dict[int, dict[str, Scalar]]) -> dict[int, dict[str, Scalar]]:
+        """A ``get_properties`` call with its config to each node given (in parallel)."""
+        timeout = self.settings.discovery_timeout
 
-            self._bar = progress_bar(self.settings.num_rounds)
-            self._bar.update(rnd)
-        return encode([self.x])
+        def ask(pid: int) -> tuple[int, dict[str, Scalar]]:
+            ins = GetPropertiesIns(configs[pid])
+            return pid, self._proxies[pid].get_properties(
+                ins, timeout=timeout, group_id=0
+            ).properties
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(64, len(configs))) as pool:
+            return dict(pool.map(ask, sorted(configs)))
+
+    def node_states(self) -> dict[int, bytes]:
+        """Every node's ``context.state``, collected by a message to each node (DESIGN §8b:
+        the contexts are the nodes', on every engine)."""
+        answers = self._ask_nodes({pid: {STATE_KEY: "get"} for pid in self._proxies})
+        return {pid: bytes(a[STATE_BLOB]) for pid, a in answers.items()}
+
+    def _put_node_states(self, states: dict[int, bytes]) -> None:
+        configs = {pid: {STATE_KEY: "put", STATE_BLOB: blob} for pid, blob in states.items()}
+        answers = self._ask_nodes(configs)
+        if not all(a.get("restored") for a in answers.values()):
+            raise RunAborted("some nodes did not take their state back: cannot resume")
+
+    def _after_round(self, rnd: int) -> None:
+        """Checkpoint when it is due, or when a signal asked the run to stop (then stop)."""
+        stop = status.pending_signal
+        outdir = self.settings.outdir
+        if outdir is not None and rnd < self.settings.num_rounds:
+            if stop is not None or self._schedule.due(rnd):
+                save_checkpoint(
+                    outdir, rnd, self.state_dict(), self.node_states(), self.recorder.wall()
+                )
+        if stop is not None:
+            if self._bar is not None:
+                self._bar.close()
+            raise RunInterrupted(stop, rnd)
 
     # ----------------------------------------------------------------- Flower hooks
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        self.recorder.restart_clock()
+        if not self._offset:
+            self.recorder.restart_clock()
         if self.settings.progress:
             from fedsim.progress import progress_bar
 
             self._bar = progress_bar(self.settings.num_rounds)
+            if self._offset:
+                self._bar.update(self._offset)
         return encode([self.x])
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        server_round += self._offset
         if not self._proxies:
             try:
                 self._proxies = discover(client_manager, self.task.num_clients, self.settings)
             except RunAborted as err:
                 raise self._stop(err) from None
             self._pid_of = {proxy.cid: pid for pid, proxy in self._proxies.items()}
+        if self._resume_nodes is not None:
+            self._put_node_states(self._resume_nodes)
+            self._resume_nodes = None
         cohort = self.cohort(server_round)
         self._cohort = cohort
         out = []
@@ -312,6 +365,7 @@ class FedsimStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        server_round += self._offset
         cohort = self._cohort
         assert cohort is not None
         replies: list[Reply] = []
@@ -435,12 +489,16 @@ class FedsimStrategy(Strategy):
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
+        if server_round == 0 and self._offset:
+            return None  # a resumed run: the checkpoint's rows hold round 0
+        server_round += self._offset
         s = self.settings
         last = server_round == s.num_rounds
         bar = self._bar if server_round > 0 else None
         if not (server_round % s.eval_every == 0 or last):
             if bar is not None:
                 bar.update(1)
+            self._after_round(server_round)
             return None
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged model is reported below
             row = self.recorder.row(server_round, evaluate(self.task, self.x))
@@ -451,6 +509,8 @@ class FedsimStrategy(Strategy):
             bar.update(1)
             if last:
                 bar.close()
+        if server_round > 0:
+            self._after_round(server_round)
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}
         return float(row["loss"]), metrics
 

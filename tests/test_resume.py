@@ -57,20 +57,22 @@ def test_every_method_resumes_to_the_uninterrupted_run(compose, tmp_path, name):
     cfg = compose(*CASES[name], "num_rounds=9", "seed=7", "engine=inline")
     run(cfg, tmp_path / "full")
 
-    # the same run, checkpointed after round 4 and crashing after round 6
+    # the same run, checkpointed after rounds 4 and 8, crashing after round 6
+    crashing = compose(
+        *CASES[name], "num_rounds=9", "seed=7", "engine=inline", "checkpoint_every=4"
+    )
     outdir = tmp_path / "crashed"
-    strategy = server_fn(cfg, str(outdir), False, None).server.strategy
-    nodes = make_nodes(client_factory(cfg), cfg["num_clients"], cfg["seed"])
+    strategy = server_fn(crashing, str(outdir), False, None).server.strategy
+    nodes = make_nodes(client_factory(crashing), crashing["num_clients"], crashing["seed"])
 
     def after(rnd: int) -> None:
-        if rnd == 4:
-            checkpoint.save(outdir, rnd, strategy, nodes)
         if rnd == 6:
             raise Crash
 
     with pytest.raises(Crash):
-        run_rounds(strategy, nodes, cfg["num_rounds"], after)
+        run_rounds(strategy, nodes, crashing["num_rounds"], after)
     assert len((outdir / "metrics.csv").read_text().splitlines()) == 1 + 7  # rounds 0..6
+    assert checkpoint.load(outdir).round == 4
     run(cfg, outdir, resume=True)
     same_metrics(tmp_path / "full", outdir)
 
@@ -82,8 +84,8 @@ def test_resume_needs_a_checkpoint_and_the_inline_engine(compose, tmp_path):
     (tmp_path / "checkpoint.pkl").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="cannot be read"):
         run(cfg, tmp_path, resume=True)
-    with pytest.raises(ConfigError, match="only inline runs can resume"):
-        run(compose(*CASES["fedavg"], "engine=ray"), tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="deployment runs cannot resume"):
+        run(compose(*CASES["fedavg"], "engine=deployment"), tmp_path, resume=True)
 
 
 def fedsim(*args: str) -> subprocess.Popen:
@@ -124,3 +126,31 @@ def test_kill_9_at_a_random_round_then_resume_gives_the_same_metrics(compose, tm
     assert resumed.returncode == 0, err[-2000:]
     same_metrics(tmp_path / "full", outdir)
     assert not (outdir / "checkpoint.pkl").exists()  # a completed run keeps none
+
+
+def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(compose, tmp_path):
+    """TAMUNA (control variates in context.state) on the ray engine: the node states travel in
+    properties messages through Flower's Simulation Engine, out for the checkpoint and back in
+    on resume. The reference is the uninterrupted inline run (the engines agree bit for bit on
+    these columns, tests/test_engines.py)."""
+    args = (*CASES["tamuna"], "num_rounds=60", "seed=1", "checkpoint_every=5")
+    run(compose(*args, "engine=inline"), tmp_path / "full")
+    outdir = tmp_path / "killed"
+    proc = fedsim(*args, "engine=ray", "engine.round_timeout=60", f"hydra.run.dir={outdir}")
+    target = random.Random().randrange(8, 30)
+    deadline = time.monotonic() + 180
+    metrics = outdir / "metrics.csv"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > target):
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-500:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert checkpoint.load(outdir).round >= 5
+    resumed = fedsim(f"resume={outdir}")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-2000:]
+    same_metrics(tmp_path / "full", outdir)
+    from fedsim.clean import main as clean
+
+    clean(["--grace", "2"])  # the killed run's Ray agents

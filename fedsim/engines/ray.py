@@ -97,14 +97,15 @@ def restored_pythonpath() -> Iterator[None]:
             os.environ["PYTHONPATH"] = saved
 
 
-def run_ray(cfg: Mapping, outdir: str | None, progress: bool) -> None:
-    """Run one resolved config on Flower's Simulation Engine."""
+def run_ray(cfg: Mapping, outdir: str | None, progress: bool, resume: bool = False) -> None:
+    """Run one resolved config on Flower's Simulation Engine (``resume``: from ``outdir``'s
+    checkpoint)."""
     _ray_env()
     from flwr.simulation import run_simulation
 
     from fedsim.app import bound_apps
 
-    server_app, client_app = bound_apps(cfg, outdir, progress)
+    server_app, client_app = bound_apps(cfg, outdir, progress, resume)
     keep = _kept_alive() if _shared else contextlib.nullcontext()
     with restored_pythonpath(), keep:
         run_simulation(
