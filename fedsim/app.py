@@ -33,12 +33,22 @@ def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings
         eval_every=cfg["eval_every"],
         max_failure_fraction=float(cfg["max_failure_fraction"]),
         max_failed_rounds=cfg["max_failed_rounds"],
-        max_loss_ratio=_ratio(cfg.get("max_loss_ratio", 1e6)),
+        max_loss_ratio=loss_ratio(cfg),
         checkpoint_every=cfg.get("checkpoint_every"),
         checkpoint_every_s=_ratio(cfg.get("checkpoint_every_s")),
         outdir=outdir,
         progress=progress,
     )
+
+
+def loss_ratio(cfg: Mapping) -> float | None:
+    """``max_loss_ratio``, or None (only non-finite losses count as divergence) when the run has
+    an attack: a Byzantine attack that pushes the honest loss up is the attack working, not a
+    stepsize that diverged (the Byzantine experiments show such curves)."""
+    attack = cfg.get("attack") or {}
+    if attack.get("name", "none") != "none":
+        return None
+    return _ratio(cfg.get("max_loss_ratio", 1e6))
 
 
 def _ratio(value: object) -> float | None:
