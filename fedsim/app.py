@@ -36,6 +36,7 @@ def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings
         max_loss_ratio=loss_ratio(cfg),
         checkpoint_every=cfg.get("checkpoint_every"),
         checkpoint_every_s=_ratio(cfg.get("checkpoint_every_s")),
+        tensorboard=_tensorboard(cfg),
         outdir=outdir,
         progress=progress,
     )
@@ -49,6 +50,11 @@ def loss_ratio(cfg: Mapping) -> float | None:
     if attack.get("name", "none") != "none":
         return None
     return _ratio(cfg.get("max_loss_ratio", 1e6))
+
+
+def _tensorboard(cfg: Mapping) -> dict | None:
+    logger = dict(cfg.get("logger") or {"name": "none"})
+    return logger if logger.get("name") == "tensorboard" else None
 
 
 def _ratio(value: object) -> float | None:

@@ -87,9 +87,14 @@ class MetricsRecorder:
     With ``path=None`` rows are kept in memory only (``rows``).
     """
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, tensorboard: dict | None = None) -> None:
         self.path = path
         self.rows: list[dict[str, object]] = []
+        self._tb = (
+            TensorBoardSink(path.parent / "tensorboard", tensorboard)
+            if (tensorboard is not None and path is not None)
+            else None
+        )
         self._pending: dict[str, int | None] = dict.fromkeys(TRAFFIC, 0)
         self._t0 = time.perf_counter()
         if path is not None:
@@ -113,6 +118,9 @@ class MetricsRecorder:
         clock goes on from ``wall_s``."""
         self.rows = list(state["rows"])
         self._pending = dict(state["pending"])
+        if self._tb is not None:  # running totals as of the checkpoint
+            for key in TRAFFIC:
+                self._tb.totals[key] = float(sum(r.get(key) or 0 for r in self.rows))
         self._t0 = time.perf_counter() - wall_s
         if self.path is not None:
             tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -140,7 +148,43 @@ class MetricsRecorder:
         if self.path is not None:
             with self.path.open("a", newline="") as fh:
                 csv.writer(fh).writerow([_cell(row.get(c)) for c in COLUMNS])
+        if self._tb is not None:
+            self._tb.write(row)
         return row
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard sink (if any)."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+class TensorBoardSink:
+    """Every row as TensorBoard scalars (step = round): the CSV's columns, and the running totals
+    of the traffic columns as ``cum_<column>`` (plus ``cum_bits`` = up + down), the x-axes of
+    the standard figure. Written with torch's ``SummaryWriter`` into ``folder``."""
+
+    def __init__(self, folder: Path, options: dict) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), flush_secs=int(options.get("flush_secs", 10)))
+        self.totals: dict[str, float] = dict.fromkeys(TRAFFIC, 0.0)
+
+    def write(self, row: dict[str, object]) -> None:
+        step = int(row["round"])  # type: ignore[arg-type]
+        for key in COLUMNS[1:]:
+            value = row.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        for key in TRAFFIC:
+            value = row.get(key)
+            if isinstance(value, int | float):
+                self.totals[key] += value
+                self.writer.add_scalar(f"cum_{key}", self.totals[key], step)
+        bits = self.totals["up_bits"] + self.totals["down_bits"]
+        self.writer.add_scalar("cum_bits", bits, step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def read_columns(path: Path) -> dict[str, np.ndarray]:

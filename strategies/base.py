@@ -103,6 +103,7 @@ class RunSettings:
     max_loss_ratio: float | None = 1e6
     checkpoint_every: int | None = None
     checkpoint_every_s: float | None = None
+    tensorboard: dict | None = None  # the logger=tensorboard options, or None
     outdir: str | None = None
     progress: bool = False
     discovery_timeout: float = 120.0
@@ -171,7 +172,7 @@ class FedsimStrategy(Strategy):
         self.oracle_template = -1  # the cohort member whose message the oracle calls copy
         self.x = np.array(task.x0, dtype=float, copy=True)
         path = Path(settings.outdir) / "metrics.csv" if settings.outdir else None
-        self.recorder = MetricsRecorder(path)
+        self.recorder = MetricsRecorder(path, settings.tensorboard)
         self._proxies: dict[int, ClientProxy] = {}
         self._pid_of: dict[str, int] = {}  # proxy cid -> partition id
         self._cohort: Cohort | None = None
@@ -294,6 +295,7 @@ class FedsimStrategy(Strategy):
         if stop is not None:
             if self._bar is not None:
                 self._bar.close()
+            self.recorder.close()
             raise RunInterrupted(stop, rnd)
 
     # ----------------------------------------------------------------- Flower hooks
@@ -509,6 +511,8 @@ class FedsimStrategy(Strategy):
             bar.update(1)
             if last:
                 bar.close()
+        if last:
+            self.recorder.close()
         if server_round > 0:
             self._after_round(server_round)
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}
@@ -531,6 +535,7 @@ class FedsimStrategy(Strategy):
         in another process than ``python -m fedsim``, as in deployment): return ``err``."""
         if self._bar is not None:
             self._bar.close()
+        self.recorder.close()
         mark(self.settings.outdir, err.status, str(err))
         err.rows = self.recorder.rows  # the rows so far, for callers of the Python API
         return err

@@ -86,6 +86,7 @@ def test_clipped_rr_cli_visits_each_client_once_per_meta_epoch(compose):
         "sampler=cyclic",
         "sampler.cohort_size=2",
         "method=clipped_rr_cli",
+        "method.batch_size=10",
         "method.server_lr=1e-6",
         "method.client_lr=1e-6",
         "method.c0=1e3",

@@ -128,15 +128,59 @@ def test_kill_9_at_a_random_round_then_resume_gives_the_same_metrics(compose, tm
     assert not (outdir / "checkpoint.pkl").exists()  # a completed run keeps none
 
 
-def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(compose, tmp_path):
-    """TAMUNA (control variates in context.state) on the ray engine: the node states travel in
-    properties messages through Flower's Simulation Engine, out for the checkpoint and back in
-    on resume. The reference is the uninterrupted inline run (the engines agree bit for bit on
-    these columns, tests/test_engines.py)."""
-    args = (*CASES["tamuna"], "num_rounds=60", "seed=1", "checkpoint_every=5")
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """One Ray head on 127.0.0.1 for the killed ray runs (each joins it with engine.address, so a
+    run costs a connection instead of Ray's start-up); stopped with its ``--block`` process."""
+    import socket
+
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
+    cmd += ["--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
+    cmd += ["--include-dashboard=false", "--disable-usage-stats"]
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    head.terminate()
+    head.wait(timeout=60)
+
+
+RAY_KILLED = {  # rounds: a kill lands mid-way; cohorts as in CASES
+    "fedavg": (*CASES["fedavg"], "num_rounds=60"),
+    "tamuna": (*CASES["tamuna"], "num_rounds=60"),
+    "fivegcs_cc": (*CASES["fivegcs_cc"], "num_rounds=60"),
+    "clerr": (*CASES["clerr"], "num_rounds=60"),
+}
+
+
+@pytest.mark.parametrize("name", list(RAY_KILLED))
+def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(
+    compose, tmp_path, ray_head, name
+):
+    """The node states travel in properties messages through Flower's Simulation Engine, out
+    for the checkpoint and back in on resume. The reference is the uninterrupted inline run
+    (the engines agree to the last bit on these runs, tests/test_engines.py)."""
+    args = (*RAY_KILLED[name], "seed=1", "checkpoint_every=5")
     run(compose(*args, "engine=inline"), tmp_path / "full")
     outdir = tmp_path / "killed"
-    proc = fedsim(*args, "engine=ray", "engine.round_timeout=60", f"hydra.run.dir={outdir}")
+    ray = ("engine=ray", f"engine.address={ray_head}", "engine.round_timeout=60")
+    proc = fedsim(*args, *ray, f"hydra.run.dir={outdir}")
     target = random.Random().randrange(8, 30)
     deadline = time.monotonic() + 180
     metrics = outdir / "metrics.csv"
@@ -151,6 +195,3 @@ def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(c
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
     same_metrics(tmp_path / "full", outdir)
-    from fedsim.clean import main as clean
-
-    clean(["--grace", "2"])  # the killed run's Ray agents

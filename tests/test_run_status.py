@@ -157,3 +157,16 @@ def test_without_a_terminal_progress_is_a_log_line_every_tenth_of_the_run(compos
     assert len(lines) == 10 and lines[-1].startswith("round 100/100 (100%)")
     gap50 = next(r["gap"] for r in rows if r["round"] == 50)
     assert f"gap={gap50:.3e}" in lines[4]  # the metric of the round the line names
+
+
+def test_logger_tensorboard_writes_every_column_and_the_running_totals(compose, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = run(compose(*SMALL[:-1], "num_rounds=6", "logger=tensorboard"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    gap = events.Scalars("gap")
+    assert [e.step for e in gap] == [r["round"] for r in rows]
+    np.testing.assert_allclose([e.value for e in gap], [r["gap"] for r in rows], rtol=1e-6)
+    bits = np.cumsum([r["up_bits"] + r["down_bits"] for r in rows])
+    np.testing.assert_allclose([e.value for e in events.Scalars("cum_bits")], bits, rtol=1e-6)

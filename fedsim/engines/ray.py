@@ -6,6 +6,12 @@ sweep pays Ray's start-up, 8–11 s here: sweep many cheap runs with ``engine=in
 :func:`shared_ray` the runs share one Ray instead: it is started once, Flower finds it running
 (its backend only starts Ray when none is), and its shutdown at the end of a run is skipped.
 Flower rewrites ``PYTHONPATH`` on every start; it is restored afterwards.
+
+The run uses :class:`fedsim.engines.ray_backend.FedsimRayBackend`, Flower's Ray backend with one
+change: a client that does not answer within ``engine.round_timeout`` is a logged timeout in its
+own round, and the Ray actor it kept busy is killed and replaced, so it cannot starve the healthy
+clients of later rounds (in Flower's backend it would hold its actor until it returns); a client
+that raises is one WARNING line, its traceback at DEBUG.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def shared_ray(num_cpus: int | None = None) -> Iterator[None]:
         path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
         args = {} if num_cpus is None else {"num_cpus": int(num_cpus)}
         ray.init(
+            address="local",  # our own Ray, never a cluster `ray start` left (see backend_config)
             include_dashboard=False,
             log_to_driver=True,
             runtime_env={"env_vars": {"PYTHONPATH": path}},
@@ -76,7 +83,10 @@ def backend_config(engine: Mapping, device: str) -> dict:
     }
     if device == "cuda" and resources["num_gpus"] == 0:
         resources["num_gpus"] = 1.0
-    init: dict = {"include_dashboard": False, "log_to_driver": True}
+    # Without engine.address the run starts its own Ray: ray.init() with no address would join
+    # any cluster that `ray start` left on this machine (/tmp/ray/ray_current_cluster), sharing
+    # its CPUs with, and dying with, whatever else uses it.
+    init: dict = {"include_dashboard": False, "log_to_driver": True, "address": "local"}
     if engine.get("address"):
         init["address"] = str(engine["address"])
     elif engine.get("num_cpus"):
@@ -104,10 +114,11 @@ def run_ray(cfg: Mapping, outdir: str | None, progress: bool, resume: bool = Fal
     from flwr.simulation import run_simulation
 
     from fedsim.app import bound_apps
+    from fedsim.engines.ray_backend import installed
 
     server_app, client_app = bound_apps(cfg, outdir, progress, resume)
     keep = _kept_alive() if _shared else contextlib.nullcontext()
-    with restored_pythonpath(), keep:
+    with restored_pythonpath(), keep, installed():  # timeouts free their actor: ray_backend.py
         run_simulation(
             server_app=server_app,
             client_app=client_app,

@@ -52,7 +52,9 @@ def load_libsvm(
     """Read a LIBSVM (svmlight) file; labels mapped to ``±1``; the first ``max_samples`` rows.
 
     Relative paths are resolved against the current working directory. Parsed files are kept
-    in-process (keyed by resolved path, modification time and ``num_features``).
+    in-process (keyed by resolved path, modification time and ``num_features``). A file that
+    scikit-learn's reader refuses is a :class:`ConfigError` ``<path>: line N: <reason>`` naming
+    its first bad line (:func:`libsvm_error`; the file is re-scanned only then).
     """
     from sklearn.datasets import load_svmlight_file
 
@@ -64,7 +66,9 @@ def load_libsvm(
         try:
             a, y = load_svmlight_file(str(file), n_features=num_features, dtype=np.float64)
         except (ValueError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{file} is not a LIBSVM file this task can read: {err}") from err
+            raise libsvm_error(file, err, num_features) from None
+        if a.shape[0] == 0:
+            raise ConfigError(f"{file}: no samples (an empty LIBSVM file)")
         _LIBSVM_CACHE[key] = (sp.csr_matrix(a), binary_labels(np.asarray(y)))
     a, y = _LIBSVM_CACHE[key]
     if max_samples is not None:
@@ -72,6 +76,73 @@ def load_libsvm(
             raise ConfigError(f"task.max_samples must be positive, got {max_samples}")
         a, y = a[:max_samples], y[:max_samples]
     return a, y
+
+
+def shown(token: bytes | str, limit: int = 40) -> str:
+    """``token`` quoted for a message: all but printable ASCII escaped, ``limit`` characters at
+    most (then ``…``)."""
+    raw = token if isinstance(token, bytes) else token.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    text = "".join(
+        c if c.isascii() and c.isprintable() else c.encode("unicode_escape").decode() for c in text
+    )
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit]}'…"
+
+
+def _parses(token: bytes, kind: type) -> bool:
+    """Whether ``kind(token)`` (``int`` or ``float``, as scikit-learn's reader calls them) works."""
+    try:
+        kind(token)
+    except ValueError:
+        return False
+    return True
+
+
+def libsvm_line_error(line: bytes) -> str | None:
+    """Why one line of a LIBSVM file is not ``label [qid:Q] index:value ...`` with increasing
+    indices ≥ 0 (the rules of scikit-learn's reader), or None for a good line."""
+    if b"\0" in line:
+        return "binary data (a NUL byte), not a text file"
+    tokens = line.split(b"#", 1)[0].split()
+    if not tokens:
+        return None
+    if not _parses(tokens[0], float):
+        return f"label {shown(tokens[0])} is not a number"
+    features = tokens[1:]
+    if features and features[0].startswith(b"qid:"):
+        features = features[1:]
+    previous = -1
+    for token in features:
+        index, colon, value = token.partition(b":")
+        if not colon:
+            return f"feature {shown(token)} is not INDEX:VALUE"
+        if not _parses(index, int):
+            return f"feature index {shown(index)} is not an integer"
+        if int(index) < 0:
+            return f"feature index {int(index)} is negative"
+        if int(index) <= previous:
+            return f"feature index {int(index)} after {previous}: indices must increase"
+        if not _parses(value, float):
+            return f"feature value {shown(value)} (index {int(index)}) is not a number"
+        previous = int(index)
+    return None
+
+
+def libsvm_error(file: Path, err: Exception, num_features: int | None = None) -> ConfigError:
+    """``<file>: line N: <reason>`` for the first bad line (scanned only after the fast reader
+    failed), else the reader's own reason, escaped and shortened: with every line well formed,
+    that is a ``task.num_features`` below the file's feature count."""
+    with file.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            reason = libsvm_line_error(line)
+            if reason is not None:
+                return ConfigError(f"{file}: line {number}: not a LIBSVM line: {reason}")
+    if num_features is not None:
+        return ConfigError(
+            f"{file}: task.num_features={num_features} is too small for this file "
+            f"({shown(str(err), 120)}); set task.num_features=null to infer it"
+        )
+    return ConfigError(f"{file}: not a LIBSVM file this task can read: {shown(str(err), 120)}")
 
 
 def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
