@@ -25,6 +25,7 @@ from fedsim import schema
 from fedsim.blocks.aggregators import build_aggregator
 from fedsim.blocks.attacks import CLIENT_SIDE, build_attack, byzantine_ids
 from fedsim.blocks.samplers import Sampler, build_sampler
+from fedsim.engines.deployment import check_secure
 from fedsim.errors import ConfigError, int_at_least, unknown
 from fedsim.tasks.base import Task
 from fedsim.tasks.registry import build_task
@@ -159,6 +160,7 @@ def _check_engine(cfg: Mapping) -> None:
             raise ConfigError("device=cuda but torch sees no CUDA device on this machine")
     if name == "deployment":
         _check_deployment(engine, int(cfg["num_clients"]))
+        check_secure(engine)
     if name != "ray":
         return
     if engine.get("num_cpus") is not None:

@@ -1,12 +1,24 @@
-"""Deployment: a SuperLink and three SuperNodes on 127.0.0.1; fedavg, tamuna, a label-flipping
-Byzantine client under robust momentum and R-MARINA on the sphere via flwr run."""
+"""Deployment: a SuperLink and three SuperNodes on 127.0.0.1 with TLS and SuperNode
+authentication (an unregistered SuperNode is refused); fedavg, tamuna, a label-flipping Byzantine
+client under robust momentum and R-MARINA on the sphere via flwr run. The ``engine=deployment``
+CLI path runs without TLS (``engine.secure=false``, the default)."""
 
+import ipaddress
 import os
+import socket
+import ssl
+import stat
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from cryptography import x509
 
-from fedsim.engines.deployment import LocalFederation, submit
+from fedsim.engines.certs import make_node_key, make_tls
+from fedsim.engines.deployment import LocalFederation, check_secure, submit
+from fedsim.errors import ConfigError
 from fedsim.metrics import read_metrics
 from fedsim.runner import run_overrides
 
@@ -44,6 +56,7 @@ BYZANTINE = [
     "num_rounds=3",
     "sampler=full",
     "task.samples_per_client=30",
+    "method.batch_size=30",  # every client's whole data (a larger one is refused)
     "aggregator=cm",
     "attack=label_flip",
     "attack.ids=[1]",
@@ -77,32 +90,88 @@ def alive(pid: int) -> bool:
         return fh.read().split()[2] != "Z"
 
 
+def tls_handshake(port: int, host: str, cafile: str | None) -> None:
+    """A TLS handshake with 127.0.0.1:``port`` that checks the certificate against ``host``."""
+    context = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host):
+            pass
+
+
+def watch_exit(pid: int, limit: float) -> list[float]:
+    """Seconds until ``pid`` exits (as a one-element list, filled by a thread; empty: still up
+    after ``limit`` s). Polls without reaping, so :meth:`LocalFederation.stop` still owns it."""
+    began, out = time.monotonic(), []
+
+    def poll() -> None:
+        while time.monotonic() - began < limit:
+            if not alive(pid):
+                out.append(time.monotonic() - began)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return out
+
+
 def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
-    fed = LocalFederation(3, port=19092, supernode_port=19200, logdir=tmp_path / "logs")
+    """Secure: TLS on every API and SuperNode authentication; an extra SuperNode whose key was
+    never registered is refused while the registered ones run everything."""
+    fed = LocalFederation(
+        3, port=19092, supernode_port=19200, logdir=tmp_path / "logs", secure=True
+    )
     fed.start()
     try:
         assert len(fed.pids) == 4 and all(alive(p) for p in fed.pids)
+        assert len(set(fed.node_ids)) == 3  # one registered node id per public key
+        for key in [fed.tls.key, *fed.node_keys]:
+            assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+        # The SuperLink speaks TLS only, with a certificate valid for 127.0.0.1 and localhost
+        # under this run's CA, and unknown to the system's trust store.
+        tls_handshake(fed.port, "127.0.0.1", fed.root_certificates)
+        tls_handshake(fed.port, "localhost", fed.root_certificates)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_handshake(fed.port, "127.0.0.1", None)
+        # An intruder with a well-formed key that nobody registered: the SuperLink refuses to
+        # activate it and it exits, while the first run goes on (in parallel, costing no time).
+        intruder_key, _ = make_node_key(fed.certdir, "unregistered")
+        intruder = fed.spawn_supernode(
+            "partition-id=0 num-partitions=3", 19203, "unregistered.log", intruder_key
+        )
+        exited_after = watch_exit(intruder.pid, 60)
         record = submit(
-            OVERRIDES, str(tmp_path / "run"), fed.address, home=fed.home, run_timeout=300
+            OVERRIDES,
+            str(tmp_path / "run"),
+            fed.address,
+            home=fed.home,
+            run_timeout=300,
+            root_certificates=fed.root_certificates,
         )
         assert record["status"] == "finished:completed"
+        assert exited_after, "the unregistered SuperNode was not refused within 60 s"
+        assert "Failed to activate SuperNode" in (fed.logdir / "unregistered.log").read_text()
+        superlink_log = (fed.logdir / "superlink.log").read_text()
+        assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
         # A stateful method: TAMUNA's control variates live in the SuperNodes' context.state
         # across rounds, its uplink is the pattern's share of the model.
-        record = submit(
-            STATEFUL, str(tmp_path / "tamuna"), fed.address, home=fed.home, run_timeout=300
-        )
-        assert record["status"] == "finished:completed"
-        record = submit(
-            BYZANTINE, str(tmp_path / "byzantine"), fed.address, home=fed.home, run_timeout=300
-        )
-        assert record["status"] == "finished:completed"
-        record = submit(
-            RMARINA, str(tmp_path / "rmarina"), fed.address, home=fed.home, run_timeout=300
-        )
-        assert record["status"] == "finished:completed"
+        for overrides, name in (
+            (STATEFUL, "tamuna"),
+            (BYZANTINE, "byzantine"),
+            (RMARINA, "rmarina"),
+        ):
+            record = submit(
+                overrides,
+                str(tmp_path / name),
+                fed.address,
+                home=fed.home,
+                run_timeout=300,
+                root_certificates=fed.root_certificates,
+            )
+            assert record["status"] == "finished:completed", name
     finally:
         fed.stop()
     assert not any(alive(p) for p in fed.pids)
+    assert processes_mentioning(str(fed.certdir)) == []  # SuperExecs and apps gone too
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["clients"] for r in rows] == [0, 3, 3]
@@ -167,3 +236,32 @@ def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeyp
     assert [r["clients"] for r in rows] == [0, 2, 2]
     assert rows[-1]["gap"] < rows[0]["gap"]
     assert processes_mentioning("19093") == []  # the SuperLink and SuperNodes are gone
+
+
+def test_secure_knob_and_certificates(tmp_path, compose):
+    """``engine.secure``: accepted by the deployment config, checked by :func:`check_secure`;
+    the certificates chain to the run's CA and cover 127.0.0.1 and localhost."""
+    cfg = compose("engine=deployment", "engine.secure=true")
+    assert cfg["engine"]["secure"] is True
+    check_secure(cfg["engine"])
+    check_secure({"superlink": "10.0.0.1:9093", "secure": False})
+    with pytest.raises(ConfigError, match="engine.secure must be true or false"):
+        check_secure({"secure": "yes"})
+    with pytest.raises(ConfigError, match="engine.superlink"):
+        check_secure({"superlink": "10.0.0.1:9093", "secure": True})
+    files = make_tls(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    server = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not list((tmp_path / "tls").glob("ca*.key"))  # the CA key never reaches the disk
+    private, public = make_node_key(tmp_path / "tls", "supernode-0")
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    for path in (files.key, private):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
+    with pytest.raises(FileExistsError):  # never overwrites a key
+        make_node_key(tmp_path / "tls", "supernode-0")

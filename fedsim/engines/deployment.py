@@ -5,10 +5,23 @@
 config from the run config's ``overrides`` string and the ServerApp writes ``metrics.csv`` into
 ``outdir``. :class:`LocalFederation` starts a SuperLink and SuperNodes on 127.0.0.1 (for a local
 deployment and for tests) and stops every process it started by PID.
+
+``engine.secure=true`` (``LocalFederation(secure=True)``) uses Flower's own mechanisms for a
+federation with TLS and SuperNode authentication. Per run, :mod:`fedsim.engines.certs` writes
+into the run's folder a CA certificate, a server certificate for 127.0.0.1/localhost signed by
+it, and one EC key pair per SuperNode (private keys 0600). The SuperLink serves its Fleet,
+Control and Runtime APIs over TLS (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) with
+``--enable-supernode-auth``, which in Flower 1.42 turns off self-registration over the Fleet
+API: each SuperNode's public key is registered through the Control API (``flwr supernode
+register``) before that SuperNode starts, with ``--root-certificates`` and
+``--auth-supernode-private-key``; its own Runtime API (to its SuperExec) uses the same server
+certificate. ``flwr`` connects with ``root-certificates`` in ``$FLWR_HOME/config.toml``. A
+SuperNode whose key was not registered is refused at activation and exits.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -38,27 +51,67 @@ def _env(flwr_home: Path) -> dict[str, str]:
 
 
 def _wait_port(port: int, timeout: float) -> bool:
+    """Whether 127.0.0.1:``port`` accepts a connection within ``timeout`` s (with ``timeout``
+    0: whether it does now)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    return False
+
+
+def check_secure(engine: Mapping) -> None:
+    """``engine.secure``: a boolean, for the local federation only (``engine.superlink=null``)."""
+    secure = engine.get("secure", False)
+    if not isinstance(secure, bool):
+        raise ConfigError(f"engine.secure must be true or false, got {secure!r}")
+    if not secure:
+        return
+    if engine.get("superlink") is not None:
+        raise ConfigError(
+            "engine.secure=true starts fedsim's own local federation with TLS and SuperNode "
+            f"authentication, but engine.superlink={engine['superlink']!r} names a SuperLink "
+            "of yours, whose TLS and SuperNode keys you set up; set engine.secure=false "
+            "(engine.insecure=false connects to it with TLS) or engine.superlink=null"
+        )
+    if importlib.util.find_spec("cryptography") is None:
+        raise ConfigError(
+            "engine.secure=true generates certificates with the `cryptography` package "
+            "(a dependency of flwr), which this environment lacks"
+        )
 
 
 class LocalFederation:
     """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, each in its own session.
 
     ``pids`` lists the processes started; :meth:`stop` sends SIGTERM to each one's process
-    group (their ``flower-superexec``/``flwr-*app`` children included), then SIGKILL.
+    group (their ``flower-superexec``/``flwr-*app`` children included, also those of a SuperNode
+    that exited on its own, as long as no one reaped it), then SIGKILL. With
+    ``secure=True`` the federation runs with TLS and SuperNode authentication (module docstring);
+    certificates and keys go to ``certdir`` (default ``logdir/tls``) and stay there.
     """
 
-    def __init__(self, num_nodes: int, port: int, supernode_port: int, logdir: Path) -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        port: int,
+        supernode_port: int,
+        logdir: Path,
+        secure: bool = False,
+        certdir: Path | None = None,
+    ) -> None:
         self.num_nodes = num_nodes
         self.port = port
         self.supernode_port = supernode_port
         self.logdir = Path(logdir)
+        self.secure = secure
+        self.certdir = Path(certdir) if certdir is not None else self.logdir / "tls"
+        self.tls = None  # certs.TLSFiles once a secure federation has started
+        self.node_keys: list[Path] = []  # the registered SuperNodes' private keys
+        self.node_ids: list[int] = []  # the node ids the SuperLink gave their public keys
         self.home = Path(tempfile.mkdtemp(prefix="fedsim-flwr-home-"))
         self.procs: list[subprocess.Popen] = []
         self._logs: list = []
@@ -68,67 +121,133 @@ class LocalFederation:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def root_certificates(self) -> str | None:
+        """The CA certificate that ``flwr`` needs to reach a secure SuperLink (else None)."""
+        return str(self.tls.ca) if self.tls is not None else None
+
+    @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    def _spawn(self, args: list[str], log_name: str) -> None:
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = (self.logdir / log_name).open("w")
         self._logs.append(log)
-        self.procs.append(
-            subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env(self.home),
-                start_new_session=True,
-                cwd=self.logdir,
-            )
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(self.home),
+            start_new_session=True,
+            cwd=self.logdir,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def _superlink_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile",
+            str(self.tls.ca),
+            "--ssl-certfile",
+            str(self.tls.cert),
+            "--ssl-keyfile",
+            str(self.tls.key),
+            "--enable-supernode-auth",
+        ]
+
+    def spawn_supernode(
+        self, node_config: str, port: int, log_name: str, private_key: Path | None = None
+    ) -> subprocess.Popen:
+        """Start one SuperNode (``private_key``: its authentication key, secure federations).
+
+        :meth:`start` starts the federation's own; a test may add one, which :meth:`stop` stops.
+        """
+        if self.tls is None:
+            security = ["--insecure"]
+        else:  # TLS to the SuperLink, and on its own Runtime API (to its SuperExec)
+            security = [
+                "--root-certificates",
+                str(self.tls.ca),
+                "--ssl-certfile",
+                str(self.tls.cert),
+                "--ssl-keyfile",
+                str(self.tls.key),
+                "--ssl-ca-certfile",
+                str(self.tls.ca),
+            ]
+            if private_key is not None:
+                security += ["--auth-supernode-private-key", str(private_key)]
+        return self._spawn(
+            [
+                str(BIN / "flower-supernode"),
+                *security,
+                "--superlink",
+                self.address,
+                "--port",
+                str(port),
+                "--node-config",
+                node_config,
+            ],
+            log_name,
         )
 
     def start(self, timeout: float = 60.0) -> LocalFederation:
-        for port in [self.port] + [self.supernode_port + i for i in range(self.num_nodes)]:
-            if _wait_port(port, 0):
-                raise ConfigError(
-                    f"port {port} on 127.0.0.1 is in use; choose another "
-                    "engine.port / engine.supernode_port"
-                )
-        self._spawn(
-            [
-                str(BIN / "flower-superlink"),
-                "--insecure",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--disable-runtime-dependency-installation",
-            ],
-            "superlink.log",
-        )
-        if not _wait_port(self.port, timeout):
-            self.stop()
-            raise RuntimeError(
-                f"the SuperLink did not open port {self.port}; see {self.logdir / 'superlink.log'}"
-            )
-        for i in range(self.num_nodes):
+        try:
+            for port in [self.port] + [self.supernode_port + i for i in range(self.num_nodes)]:
+                if _wait_port(port, 0):
+                    raise ConfigError(
+                        f"port {port} on 127.0.0.1 is in use; choose another "
+                        "engine.port / engine.supernode_port"
+                    )
+            if self.secure:
+                from fedsim.engines.certs import make_node_key, make_tls
+
+                self.tls = make_tls(self.certdir)
+                self.node_keys = []
+                publics = []
+                for i in range(self.num_nodes):
+                    private, public = make_node_key(self.certdir, f"supernode-{i}")
+                    self.node_keys.append(private)
+                    publics.append(public)
             self._spawn(
                 [
-                    str(BIN / "flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    self.address,
+                    str(BIN / "flower-superlink"),
+                    *self._superlink_args(),
+                    "--host",
+                    "127.0.0.1",
                     "--port",
-                    str(self.supernode_port + i),
-                    "--node-config",
-                    f"partition-id={i} num-partitions={self.num_nodes}",
+                    str(self.port),
+                    "--disable-runtime-dependency-installation",
                 ],
-                f"supernode-{i}.log",
+                "superlink.log",
             )
+            if not _wait_port(self.port, timeout):
+                raise RuntimeError(
+                    f"the SuperLink did not open port {self.port}; "
+                    f"see {self.logdir / 'superlink.log'}"
+                )
+            if self.secure:
+                _write_connection(self.home, self.address, True, self.root_certificates)
+                self.node_ids = _register(publics, self.home, timeout)
+            for i in range(self.num_nodes):
+                self.spawn_supernode(
+                    f"partition-id={i} num-partitions={self.num_nodes}",
+                    self.supernode_port + i,
+                    f"supernode-{i}.log",
+                    self.node_keys[i] if self.secure else None,
+                )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self, grace: float = 10.0) -> None:
         for p in self.procs:
-            if p.poll() is None:
+            # Not reaped yet (running, or exited but a zombie): its pid, which names its process
+            # group, is still ours, so the group's children are stopped too.
+            if p.returncode is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -154,6 +273,43 @@ class LocalFederation:
         self.stop()
 
 
+def _register(publics: Sequence[Path], home: Path, timeout: float, parallel: int = 4) -> list[int]:
+    """``flwr supernode register`` each public key, ``parallel`` at a time; the node ids, in
+    order. Raises RuntimeError when one fails; kills any still running on every exit path."""
+    ids: list[int] = []
+    deadline = time.monotonic() + timeout
+    for first in range(0, len(publics), parallel):
+        batch = list(publics[first : first + parallel])
+        procs = []
+        try:
+            for pub in batch:
+                procs.append(
+                    subprocess.Popen(
+                        [str(BIN / "flwr"), "supernode", "register", str(pub), "fedsim"]
+                        + ["--format", "json"],
+                        env=_env(home),
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        cwd=PROJECT,
+                    )
+                )
+            for pub, proc in zip(batch, procs, strict=True):
+                out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+                try:
+                    ids.append(int(json.loads(out)["node-id"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise RuntimeError(
+                        f"flwr supernode register {pub} failed: {out.strip()} {err.strip()}"
+                    ) from exc
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return ids
+
+
 def _flwr(args: Sequence[str], home: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "flwr"), *args],
@@ -169,6 +325,21 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid TOML basic string
 
 
+def _write_connection(
+    home: Path, superlink: str, insecure: bool, root_certificates: str | None = None
+) -> None:
+    """The ``fedsim`` connection in ``home/config.toml``: TLS with ``root_certificates`` (a CA
+    certificate) when given, else ``insecure`` (false: TLS with the system's trust store)."""
+    if root_certificates is not None:
+        security = f"root-certificates = {_toml_string(str(Path(root_certificates).resolve()))}\n"
+    else:
+        security = f"insecure = {'true' if insecure else 'false'}\n"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = "{superlink}"\n'
+        + security
+    )
+
+
 def submit(
     overrides: Sequence[str],
     outdir: str,
@@ -176,33 +347,26 @@ def submit(
     insecure: bool = True,
     run_timeout: float = 3600.0,
     home: Path | None = None,
+    root_certificates: str | None = None,
 ) -> dict:
     """``flwr run`` the project against ``superlink`` and wait for the run to finish.
 
-    Returns the final ``flwr ls`` record; raises RuntimeError when the run fails or times out.
+    ``root_certificates`` (a CA certificate file, :attr:`LocalFederation.root_certificates`)
+    connects with TLS trusting that CA, and overrides ``insecure``. Returns the final ``flwr ls``
+    record; raises RuntimeError when the run fails or times out.
     """
     own_home = home is None
     home = home or Path(tempfile.mkdtemp(prefix="fedsim-flwr-home-"))
     home.mkdir(parents=True, exist_ok=True)
     try:
-        return _submit(overrides, outdir, superlink, insecure, run_timeout, home)
+        _write_connection(home, superlink, insecure, root_certificates)
+        return _submit(overrides, outdir, run_timeout, home)
     finally:
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _submit(
-    overrides: Sequence[str],
-    outdir: str,
-    superlink: str,
-    insecure: bool,
-    run_timeout: float,
-    home: Path,
-) -> dict:
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = "{superlink}"\n'
-        f"insecure = {'true' if insecure else 'false'}\n"
-    )
+def _submit(overrides: Sequence[str], outdir: str, run_timeout: float, home: Path) -> dict:
     joined = " ".join(shlex.quote(o) for o in overrides)
     run_config = f"overrides={_toml_string(joined)} outdir={_toml_string(str(outdir))}"
     out = _flwr(
@@ -227,6 +391,7 @@ def _submit(
         _flwr(["stop", str(run_id), "fedsim"], home)
         raise RuntimeError(f"run {run_id} did not finish within {run_timeout:.0f} s; stopped it")
     logs = _flwr(["log", str(run_id), "fedsim", "--show"], home)
+    Path(outdir).mkdir(parents=True, exist_ok=True)  # a ServerApp that failed early made none
     (Path(outdir) / "serverapp.log").write_text(logs.stdout + logs.stderr)
     if record.get("status") != "finished:completed":
         tail = "\n".join((logs.stdout + logs.stderr).strip().splitlines()[-15:])
@@ -239,6 +404,7 @@ def _submit(
 def run_deployment(cfg: Mapping, outdir: str, overrides: Sequence[str]) -> None:
     """Run ``overrides`` (the user's Hydra overrides) as a Flower deployment (module docstring)."""
     engine = cfg["engine"]
+    check_secure(engine)
     if not (PROJECT / "pyproject.toml").exists():
         raise ConfigError(
             f"engine=deployment runs `flwr run` on the fedsim project; "
@@ -258,6 +424,16 @@ def run_deployment(cfg: Mapping, outdir: str, overrides: Sequence[str]) -> None:
         int(engine["port"]),
         int(engine["supernode_port"]),
         Path(outdir) / "deploy-logs",
+        secure=bool(engine.get("secure", False)),
+        certdir=Path(outdir) / "deploy-tls",
     )
     with fed:
-        submit(overrides, outdir, fed.address, True, timeout, home=fed.home)
+        submit(
+            overrides,
+            outdir,
+            fed.address,
+            True,
+            timeout,
+            home=fed.home,
+            root_certificates=fed.root_certificates,
+        )
