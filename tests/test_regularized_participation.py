@@ -62,7 +62,7 @@ def runs():
 
 def test_the_experiment_configs_fix_a_fair_comparison(compose):
     for name in ("synthetic", "a9a"):
-        extra = ["task.max_samples=2000"] if name == "a9a" else []
+        extra = ["task.max_samples=2000", "method.batch_size=16"] if name == "a9a" else []
         if name == "a9a":  # CI has the shared data; its absence is a failure, not a skip
             assert (ROOT.parent / "shared" / "data" / "a9a").is_file()
         cfgs = {

@@ -88,6 +88,13 @@ def test_resume_needs_a_checkpoint_and_the_inline_engine(compose, tmp_path):
         run(compose(*CASES["fedavg"], "engine=deployment"), tmp_path, resume=True)
 
 
+def saved_config(outdir: Path) -> dict:
+    """The resolved config a run saved (what ``python -m fedsim resume=DIR`` runs)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(outdir / "config.yaml"), resolve=True)
+
+
 def fedsim(*args: str) -> subprocess.Popen:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     cmd = [sys.executable, "-m", "fedsim", *args, "output.progress=false", "output.plot=false"]
@@ -121,9 +128,12 @@ def test_kill_9_at_a_random_round_then_resume_gives_the_same_metrics(compose, tm
     proc.wait(timeout=30)
     assert (outdir / "checkpoint.pkl").exists()
     assert len(metrics.read_text().splitlines()) < 1 + len(full)  # it really was cut short
-    resumed = fedsim(f"resume={outdir}")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
+    if name == "fedavg":  # the command line's resume=DIR once
+        resumed = fedsim(f"resume={outdir}")
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err[-2000:]
+    else:  # the same call in process (a subprocess costs seconds of imports)
+        run(saved_config(outdir), outdir, resume=True)
     same_metrics(tmp_path / "full", outdir)
     assert not (outdir / "checkpoint.pkl").exists()  # a completed run keeps none
 
@@ -162,10 +172,10 @@ def ray_head():
 
 
 RAY_KILLED = {  # rounds: a kill lands mid-way; cohorts as in CASES
-    "fedavg": (*CASES["fedavg"], "num_rounds=60"),
-    "tamuna": (*CASES["tamuna"], "num_rounds=60"),
-    "fivegcs_cc": (*CASES["fivegcs_cc"], "num_rounds=60"),
-    "clerr": (*CASES["clerr"], "num_rounds=60"),
+    "fedavg": (*CASES["fedavg"], "num_rounds=40"),
+    "tamuna": (*CASES["tamuna"], "num_rounds=40"),
+    "fivegcs_cc": (*CASES["fivegcs_cc"], "num_rounds=40"),
+    "clerr": (*CASES["clerr"], "num_rounds=40"),
 }
 
 
@@ -181,7 +191,7 @@ def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(
     outdir = tmp_path / "killed"
     ray = ("engine=ray", f"engine.address={ray_head}", "engine.round_timeout=60")
     proc = fedsim(*args, *ray, f"hydra.run.dir={outdir}")
-    target = random.Random().randrange(8, 30)
+    target = random.Random().randrange(7, 20)
     deadline = time.monotonic() + 180
     metrics = outdir / "metrics.csv"
     while not (metrics.exists() and len(metrics.read_text().splitlines()) > target):
@@ -191,7 +201,5 @@ def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert checkpoint.load(outdir).round >= 5
-    resumed = fedsim(f"resume={outdir}")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-2000:]
+    run(saved_config(outdir), outdir, resume=True)  # joins the head again, from this process
     same_metrics(tmp_path / "full", outdir)
