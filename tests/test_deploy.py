@@ -216,7 +216,8 @@ def processes_mentioning(text: str) -> list[int]:
 
 def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeypatch):
     """``engine=deployment`` as the CLI runs it: its own SuperLink and SuperNodes, a data path
-    relative to where the user stands, and no process left behind."""
+    relative to where the user stands, an injected fault counted exactly, and no process left
+    behind."""
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     overrides = [
         "method=fedavg",
@@ -231,9 +232,12 @@ def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeyp
         "engine.port=19093",
         "engine.supernode_port=19210",
         "engine.run_timeout=300",
+        "fault=wrong_shape",  # a faulty SuperNode: counted, its round goes on with the other
+        "fault.ids=[1]",
     ]
     rows = run_overrides(overrides, tmp_path / "run")
-    assert [r["clients"] for r in rows] == [0, 2, 2]
+    assert [r["clients"] for r in rows] == [0, 1, 1]
+    assert [r["failures"] for r in rows] == [0, 1, 1]  # exactly the injected faults
     assert rows[-1]["gap"] < rows[0]["gap"]
     assert processes_mentioning("19093") == []  # the SuperLink and SuperNodes are gone
 
