@@ -33,6 +33,7 @@ CASES = {
     "fedavg": (*LOGREG, "method=fedavg", "sampler=uniform", "sampler.cohort_size=3"),
     **{k: (*LOGREG, *v) for k, v in LOCAL_TRAINING.items()},
     **{k: (*QUARTIC, *v) for k, v in CLIPPED.items()},
+    "l0l1_gd": (*QUARTIC, "method=l0l1_gd", "sampler=full"),
     **{k: (*LOGREG, "sampler=uniform", "sampler.cohort_size=4", *v) for k, v in BYZANTINE.items()},
     **{k: (*SPHERE, *v) for k, v in RIEMANNIAN.items()},
 }
