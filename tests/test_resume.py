@@ -89,6 +89,17 @@ def test_resume_needs_a_checkpoint_and_the_inline_engine(compose, tmp_path):
         run(compose(*CASES["fedavg"], "engine=deployment"), tmp_path, resume=True)
 
 
+def kill_9_after_row(proc: subprocess.Popen, metrics: Path, row: int, timeout: float) -> None:
+    """SIGKILL ``proc`` once ``metrics`` holds more than ``row`` rows (header included)."""
+    deadline = time.monotonic() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > row):
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-500:]}"
+        assert time.monotonic() < deadline, "the run never got that far"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def saved_config(outdir: Path) -> dict:
     """The resolved config a run saved (what ``python -m fedsim resume=DIR`` runs)."""
     from omegaconf import OmegaConf
@@ -118,15 +129,8 @@ def test_kill_9_at_a_random_round_then_resume_gives_the_same_metrics(compose, tm
     full = run(compose(*args), tmp_path / "full")
     outdir = tmp_path / "killed"
     proc = fedsim(*args, f"hydra.run.dir={outdir}")
-    target = random.Random().randrange(40, len(full) // 2)  # a row past a checkpoint or more
-    deadline = time.monotonic() + 120
     metrics = outdir / "metrics.csv"
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > target):
-        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-500:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_9_after_row(proc, metrics, random.Random().randrange(40, len(full) // 2), 120)
     assert (outdir / "checkpoint.pkl").exists()
     assert len(metrics.read_text().splitlines()) < 1 + len(full)  # it really was cut short
     if name == "fedavg":  # the command line's resume=DIR once
@@ -192,15 +196,7 @@ def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(
     outdir = tmp_path / "killed"
     ray = ("engine=ray", f"engine.address={ray_head}", "engine.round_timeout=60")
     proc = fedsim(*args, *ray, f"hydra.run.dir={outdir}")
-    target = random.Random().randrange(7, 20)
-    deadline = time.monotonic() + 180
-    metrics = outdir / "metrics.csv"
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > target):
-        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-500:]}"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_9_after_row(proc, outdir / "metrics.csv", random.Random().randrange(7, 20), 180)
     assert checkpoint.load(outdir).round >= 5
     run(saved_config(outdir), outdir, resume=True)  # joins the head again, from this process
     same_metrics(tmp_path / "full", outdir)
