@@ -27,6 +27,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings:
+    deployed = cfg["engine"]["name"] == "deployment"
     return RunSettings(
         seed=cfg["seed"],
         num_rounds=cfg["num_rounds"],
@@ -34,11 +35,13 @@ def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings
         max_failure_fraction=float(cfg["max_failure_fraction"]),
         max_failed_rounds=cfg["max_failed_rounds"],
         max_loss_ratio=loss_ratio(cfg),
-        checkpoint_every=cfg.get("checkpoint_every"),
-        checkpoint_every_s=_ratio(cfg.get("checkpoint_every_s")),
+        # deployment cannot resume (README), so it writes no checkpoint
+        checkpoint_every=None if deployed else cfg.get("checkpoint_every"),
+        checkpoint_every_s=None if deployed else _ratio(cfg.get("checkpoint_every_s")),
         tensorboard=_tensorboard(cfg),
         outdir=outdir,
         progress=progress,
+        name_missing=deployed,
     )
 
 

@@ -37,6 +37,10 @@ What a misbehaving ``fit`` does, on every engine unless said otherwise:
   names the partition id. deployment: a SuperNode (flwr 1.42) handles one message at a time and
   waits for its ClientApp without a timeout, so the node misses every round until the sleep
   ends (one timeout per round; the other nodes are not affected).
+- ``mixed``: a kind per faulty client, ``fault.kinds={1: crash, 2: nan, ...}`` (the keys are
+  the faulty ids; ``fault.ids`` and ``fraction`` are not used); a ``hang`` sleeps ``seconds``
+  (default 3600), a ``slow`` one ``slow_seconds`` (default 1). One federation then exercises
+  every kind at once (the deployment test does).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from flwr.common import Context, Scalar
 from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator
 
-FAULTS = ("none", "crash", "hang", "nan", "wrong_shape", "slow", "drop")
+FAULTS = ("none", "crash", "hang", "nan", "wrong_shape", "slow", "drop", "mixed")
+KINDS = tuple(f for f in FAULTS if f not in ("none", "mixed"))  # what one client can do
 TIMED = ("hang", "slow")  # faults with a ``seconds`` knob
 HANG_SECONDS = 3600.0
 
@@ -81,6 +86,20 @@ class Fault:
     prob: float = 1.0
     after_round: int = 0
     seconds: float = 0.0
+    kinds: tuple[tuple[int, str], ...] = ()  # fault=mixed: (pid, kind) per faulty client
+    slow_seconds: float = 0.0  # fault=mixed: a slow client's sleep
+
+    def kind_of(self, pid: int) -> str:
+        """What client ``pid`` does when the fault strikes (``name``, or its ``mixed`` kind)."""
+        return dict(self.kinds).get(pid, self.name)
+
+    def used(self) -> set[str]:
+        """The kinds some faulty client has."""
+        return {k for _, k in self.kinds} if self.name == "mixed" else {self.name}
+
+    def sleep_of(self, kind: str) -> float:
+        """Seconds a ``hang`` or ``slow`` client sleeps."""
+        return self.slow_seconds if self.name == "mixed" and kind == "slow" else self.seconds
 
     def strikes(self, seed: int, rnd: int, pid: int) -> bool:
         """Whether client ``pid`` misbehaves in round ``rnd`` (module docstring)."""
@@ -132,29 +151,65 @@ def fault_of(cfg: Mapping) -> Fault:
                 "and fault.fraction at 0"
             )
         return Fault("none", ())
-    if not ids:  # a non-empty ids overrides fraction
+    kinds: tuple[tuple[int, str], ...] = ()
+    if name == "mixed":
+        kinds = _kinds(raw.get("kinds"), n)
+        ids = tuple(pid for pid, _ in kinds)
+    elif not ids:  # a non-empty ids overrides fraction
         k = math.ceil(fraction * n - 1e-9)
         ids = tuple(sorted(int(i) for i in generator(seed, 0, "fault/clients").choice(n, k, False)))
-    seconds = 0.0
-    if name in TIMED:
-        default = HANG_SECONDS if name == "hang" else 1.0
-        value = raw.get("seconds", default)
-        if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
-            raise ConfigError(f"fault.seconds must be a number > 0, got {value!r}")
-        seconds = float(value)
-    return Fault(name, ids, prob, int(after), seconds)
+    used = {k for _, k in kinds} if name == "mixed" else {name}
+    # ``seconds`` is the sleep of a hang, or of a slow client outside ``mixed``
+    timed = "hang" in used or name == "slow"
+    seconds = _seconds(raw, "seconds", HANG_SECONDS if "hang" in used else 1.0) if timed else 0.0
+    slow = _seconds(raw, "slow_seconds", 1.0) if name == "mixed" and "slow" in used else 0.0
+    return Fault(name, ids, prob, int(after), seconds, kinds, slow)
+
+
+def _seconds(raw: Mapping, key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
+        raise ConfigError(f"fault.{key} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _kinds(kinds: object, n: int) -> tuple[tuple[int, str], ...]:
+    """``fault.kinds`` of ``fault=mixed``: partition id → kind, at least one."""
+    if not isinstance(kinds, Mapping) or not kinds:
+        raise ConfigError(
+            "fault=mixed needs fault.kinds, a mapping from partition id to a kind, e.g. "
+            f"fault.kinds={{1: crash, 2: hang}} (kinds: {', '.join(KINDS)}); got {kinds!r}"
+        )
+    out = []
+    for pid, kind in kinds.items():
+        try:
+            i = int(pid)
+        except (TypeError, ValueError):
+            i = -1
+        if not 0 <= i < n or isinstance(pid, bool):
+            raise ConfigError(
+                f"fault.kinds keys must be partition ids in [0, {n}) (num_clients={n}); got {pid!r}"
+            )
+        kind = "nan" if isinstance(kind, float) and math.isnan(kind) else kind  # a bare nan
+        if kind not in KINDS:
+            raise unknown(f"fault.kinds[{i}]", kind, KINDS)
+        out.append((i, str(kind)))
+    if len({i for i, _ in out}) != len(out):
+        raise ConfigError(f"fault.kinds names a partition id twice: {dict(kinds)}")
+    return tuple(sorted(out))
 
 
 def check_fault(cfg: Mapping) -> Fault:
     """Validate the ``fault`` group of a resolved config against the population and the engine
     (raises ConfigError); returns the configured :class:`Fault`."""
     fault = fault_of(cfg)
-    if fault.name not in TIMED:
+    used = fault.used()
+    if not used & set(TIMED):
         return fault
     engine = cfg["engine"]
     name = engine.get("name")
     timeout = engine.get("round_timeout")
-    if fault.name == "hang" and name == "inline":
+    if "hang" in used and name == "inline":
         raise ConfigError(
             "fault=hang on engine=inline would stall the run: the inline engine calls clients "
             "in this process and has no round timeout. Use engine=ray (or deployment) with "
@@ -163,23 +218,24 @@ def check_fault(cfg: Mapping) -> Fault:
     if name == "inline" or not fault.ids:
         return fault
     if timeout is None:
-        if fault.name == "hang":
+        if "hang" in used:
             raise ConfigError(
                 f"fault=hang on engine={name} needs engine.round_timeout (seconds), or the round "
                 "would wait for the hanging client forever"
             )
         return fault
-    if fault.name == "hang" and fault.seconds <= float(timeout):
+    if "hang" in used and fault.seconds <= float(timeout):
         raise ConfigError(
             f"fault=hang sleeps fault.seconds={fault.seconds:g} s, not longer than "
             f"engine.round_timeout={timeout}: that client is merely slow (fault=slow); "
             "raise fault.seconds"
         )
-    if fault.name == "slow" and fault.seconds >= float(timeout):
+    if "slow" in used and fault.sleep_of("slow") >= float(timeout):
+        key = "slow_seconds" if fault.name == "mixed" else "seconds"
         raise ConfigError(
-            f"fault=slow sleeps fault.seconds={fault.seconds:g} s, not less than "
+            f"fault=slow sleeps fault.{key}={fault.sleep_of('slow'):g} s, not less than "
             f"engine.round_timeout={timeout}: it would time out (that is fault=hang); "
-            "lower fault.seconds"
+            f"lower fault.{key}"
         )
     return fault
 
@@ -217,7 +273,7 @@ class FaultyClient(NumPyClient):
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         rnd = int(config.get("round", 0))
-        name = self.fault.name
+        name = self.fault.kind_of(self.pid)
         if not self.fault.strikes(self.seed, rnd, self.pid):
             return self.honest.fit(parameters, config)
         where = f"client {self.pid}, round {rnd}"
@@ -229,7 +285,7 @@ class FaultyClient(NumPyClient):
             time.sleep(self.fault.seconds)
             raise InjectedHang(f"fault=hang: {where} woke after {self.fault.seconds:g} s")
         if name == "slow":
-            time.sleep(self.fault.seconds)
+            time.sleep(self.fault.sleep_of("slow"))
             return self.honest.fit(parameters, config)
         arrays, num_examples, metrics = self.honest.fit(parameters, config)
         return poisoned(name, arrays), num_examples, metrics

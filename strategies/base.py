@@ -107,6 +107,9 @@ class RunSettings:
     outdir: str | None = None
     progress: bool = False
     discovery_timeout: float = 120.0
+    # Whether this strategy must name the clients that sent no reply: on deployment nobody else
+    # does (Flower hands the strategy bare exceptions), inline and ray name them as they fail.
+    name_missing: bool = False
 
 
 @dataclass(slots=True)
@@ -289,14 +292,23 @@ class FedsimStrategy(Strategy):
         outdir = self.settings.outdir
         if outdir is not None and rnd < self.settings.num_rounds:
             if stop is not None or self._schedule.due(rnd):
-                save_checkpoint(
-                    outdir, rnd, self.state_dict(), self.node_states(), self.recorder.wall()
-                )
+                self._save_checkpoint(outdir, rnd)
         if stop is not None:
             if self._bar is not None:
                 self._bar.close()
             self.recorder.close()
             raise RunInterrupted(stop, rnd)
+
+    def _save_checkpoint(self, outdir: str, rnd: int) -> None:
+        """Write round ``rnd``'s checkpoint; a node that cannot send its state (it hangs, or
+        crashed) skips this checkpoint with a warning rather than stop the run (the previous
+        checkpoint stays)."""
+        try:
+            nodes = self.node_states()
+        except Exception as err:  # noqa: BLE001 - any node failure only costs this checkpoint
+            log.warning("round %d: checkpoint skipped, a node did not send its state: %s", rnd, err)
+            return
+        save_checkpoint(outdir, rnd, self.state_dict(), nodes, self.recorder.wall())
 
     # ----------------------------------------------------------------- Flower hooks
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -394,6 +406,8 @@ class FedsimStrategy(Strategy):
         # exceptions + garbage + never answered = the cohort less its valid replies (oracle
         # calls are not the cohort's and never count)
         n_failed = max(0, len(cohort.ids) - len(replies))
+        if n_failed and self.settings.name_missing:
+            self._name_missing(server_round, sampled, results, failures)
         replies.sort(key=lambda r: r.pid)
         seen.sort(key=lambda r: r.pid)
         if "attack" in self.uses:
@@ -447,6 +461,29 @@ class FedsimStrategy(Strategy):
         forged = attack.forge(stack, len(fakes), len(replies), target)
         for r in fakes:
             r.vector = forged
+
+    def _name_missing(
+        self,
+        rnd: int,
+        sampled: set[int],
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> None:
+        """One WARNING per sampled client with no reply at all (a timeout, or an error on its
+        node; the reasons Flower gave follow in one line): garbage replies are named by
+        :meth:`_check` already."""
+        answered = {self._pid_of.get(proxy.cid, -1) for proxy, _ in results}
+        answered |= {self._pid_of.get(f[0].cid, -1) for f in failures if isinstance(f, tuple)}
+        reasons = sorted({str(f) for f in failures if isinstance(f, BaseException)})
+        for pid in sorted(sampled - answered):
+            log.warning(
+                "client %d: no reply to its fit of round %d (timed out after the round timeout, "
+                "or failed on its node); counted as a failure",
+                pid,
+                rnd,
+            )
+        if reasons:
+            log.warning("round %d: Flower reported %s", rnd, "; ".join(reasons))
 
     def _check(self, pid: int, res: FitRes, sampled: set[int]) -> Reply | None:
         """A valid reply of client ``pid`` (known from the proxy that answered, not from the

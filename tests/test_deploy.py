@@ -216,8 +216,8 @@ def processes_mentioning(text: str) -> list[int]:
 
 def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeypatch):
     """``engine=deployment`` as the CLI runs it: its own SuperLink and SuperNodes, a data path
-    relative to where the user stands, an injected fault counted exactly, and no process left
-    behind."""
+    relative to where the user stands, every kind of fault at once (a hanging SuperNode included)
+    counted exactly, and no process left behind."""
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     overrides = [
         "method=fedavg",
@@ -225,21 +225,34 @@ def test_deploy_engine_runs_a_relative_data_path_and_cleans_up(tmp_path, monkeyp
         "task.path=../shared/data/a9a",
         "task.max_samples=400",
         "partition=iid",
-        "num_clients=2",
+        "num_clients=8",
         "num_rounds=2",
         "sampler=full",
         "engine=deployment",
         "engine.port=19093",
         "engine.supernode_port=19210",
         "engine.run_timeout=300",
-        "fault=wrong_shape",  # a faulty SuperNode: counted, its round goes on with the other
-        "fault.ids=[1]",
+        "engine.round_timeout=40",  # a healthy ClientApp starts within it, on a loaded machine
+        # SuperNodes 1-6 misbehave in every round, one kind each; 0 and 7 are healthy
+        "fault=mixed",
+        "fault.kinds={1:crash,2:drop,3:nan,4:wrong_shape,5:slow,6:hang}",
+        "fault.slow_seconds=0.5",
+        "max_failure_fraction=1.0",
     ]
     rows = run_overrides(overrides, tmp_path / "run")
-    assert [r["clients"] for r in rows] == [0, 1, 1]
-    assert [r["failures"] for r in rows] == [0, 1, 1]  # exactly the injected faults
+    assert [r["failures"] for r in rows] == [0, 5, 5]  # exactly the injected faults
+    assert [r["clients"] for r in rows] == [0, 3, 3]  # 0, 7 and the slow 5 answered
     assert rows[-1]["gap"] < rows[0]["gap"]
     assert processes_mentioning("19093") == []  # the SuperLink and SuperNodes are gone
+    log = (tmp_path / "run" / "serverapp.log").read_text()
+    for rnd in (1, 2):  # every client without a reply is named, and only those
+        named = {
+            int(line.split("client ")[1].split(":")[0])
+            for line in log.splitlines()
+            if f"no reply to its fit of round {rnd}" in line
+        }
+        assert named == {1, 2, 6}, (rnd, named)
+    assert log.count("client 3 sent arrays") == 2 and log.count("client 4 sent arrays") == 2
 
 
 def test_secure_knob_and_certificates(tmp_path, compose):

@@ -153,6 +153,14 @@ def fault_cfg(fault: dict, engine: str = "inline", timeout: float | None = None)
             fault_cfg({"name": "slow", "ids": [1], "seconds": 0}),
             "fault.seconds must be a number > 0",
         ),
+        (fault_cfg({"name": "mixed"}), "fault=mixed needs fault.kinds"),
+        (fault_cfg({"name": "mixed", "kinds": {6: "crash"}}), r"keys must be partition ids"),
+        (fault_cfg({"name": "mixed", "kinds": {1: "boom"}}), r"unknown fault.kinds\[1\] 'boom'"),
+        (fault_cfg({"name": "mixed", "kinds": {1: "hang"}}, "inline"), "would stall the run"),
+        (
+            fault_cfg({"name": "mixed", "kinds": {1: "slow"}, "slow_seconds": 9}, "ray", 5),
+            "fault.slow_seconds=9 s",
+        ),
     ],
 )
 def test_impossible_fault_configs_are_refused(cfg, message):
@@ -230,5 +238,23 @@ def test_a_hanging_and_a_crashing_ray_client_fail_in_their_own_rounds_only(
     assert "Traceback" not in out + err
     # the same run inline, where client 1's message is lost instead: the very same metrics
     inline = run(compose(*PAIR, "engine=inline", "fault=drop"), None)
+    for name in ("loss", "failures", "clients", "up_bits"):
+        np.testing.assert_allclose(column(rows, name), column(inline, name), rtol=1e-9, atol=0)
+
+
+# one client of each kind that can run inline; 0 and 6 are healthy
+MIXED = "fault.kinds={1:crash,2:drop,3:nan,4:wrong_shape,5:slow}"
+
+
+def test_every_kind_at_once_on_ray_is_counted_exactly(compose, tmp_path, one_ray):
+    """``fault=mixed`` on Ray, from round 2 on: clients 1–4 fail (crash, drop, nan,
+    wrong_shape), client 5 is slow but correct, clients 0 and 6 are healthy; the failures
+    column counts exactly the four, and the run is the inline run of the same faults."""
+    common = (*BASE, "num_clients=7", "num_rounds=2", "fault=mixed", MIXED)
+    common = (*common, "fault.slow_seconds=0.05", "fault.after_round=1")
+    rows = run(compose(*common, "engine=ray", "output.plot=false"), tmp_path)
+    assert column(rows, "failures") == [0, 0, 4]
+    assert column(rows, "clients") == [0, 7, 3]
+    inline = run(compose(*common, "engine=inline"), None)
     for name in ("loss", "failures", "clients", "up_bits"):
         np.testing.assert_allclose(column(rows, name), column(inline, name), rtol=1e-9, atol=0)
