@@ -205,6 +205,12 @@ def test_task_optimum_is_cached_on_disk(tmp_path: Path) -> None:
     x2, f2 = optimum.cached(task.full.fingerprint(), lambda: pytest.fail("recomputed"))
     np.testing.assert_array_equal(x2, x_star)
     assert f2 == f_star
+    data = files[0].read_bytes()
+    for corrupt in (b"", data[: len(data) // 2], b"not a zip file"):  # recomputed, not a crash
+        files[0].write_bytes(corrupt)
+        optimum._MEMORY.clear()
+        x3, _ = optimum.cached(task.full.fingerprint(), lambda: (x_star + 1.0, f_star))
+        np.testing.assert_array_equal(x3, x_star + 1.0)
 
 
 def test_quadratic_optimum_and_smoothness() -> None:

@@ -9,11 +9,17 @@ Arithmetic runs in ``dtype`` (default ``float64``: exact enough for finite-diffe
 for a 2.4k-parameter network on CPU, no slower in practice); vectors in and out are float64 numpy.
 No smoothness constant is known for a neural network: ``smoothness`` is the user's ``L`` knob, used
 only to pick ``auto`` stepsizes.
+
+``MLPObjective.layers`` (:func:`linear_layers`) lists every ``nn.Linear`` with the offsets of its
+weight and bias in ``x``: what a LoRA adapter needs to find ``W`` inside the flat vector.
+:func:`build_deep_mlp` builds the deeper networks of :mod:`fedsim.tasks.finetune`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +43,80 @@ def build_mlp(in_dim: int, hidden: int, out_dim: int, activation: str = "relu") 
     return nn.Sequential(
         nn.Linear(in_dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, out_dim)
     )
+
+
+def build_deep_mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu"
+) -> nn.Sequential:
+    """``Linear(in, h_1) → act → … → Linear(h_{k−1}, h_k) → act → Linear(h_k, out)``.
+
+    ``hidden = (h_1, …, h_k)``, ``k ≥ 1`` hidden layers; the ``nn.Linear`` layers sit at the even
+    indices ``0, 2, …, 2k`` of the ``nn.Sequential`` (their names in :func:`linear_layers`).
+    """
+    if activation not in ACTIVATIONS:
+        raise unknown("task.activation", activation, tuple(ACTIVATIONS))
+    if not hidden:
+        raise ConfigError("an MLP needs at least one hidden layer (task.depth ≥ 1)")
+    if any(int(h) < 1 for h in hidden):
+        raise ConfigError(f"task.hidden must be positive, got {list(hidden)}")
+    sizes = [int(in_dim), *(int(h) for h in hidden)]
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+    layers.append(nn.Linear(sizes[-1], int(out_dim)))
+    return nn.Sequential(*layers)
+
+
+class LinearLayer(NamedTuple):
+    """Where one ``nn.Linear`` lives in the flat parameter vector ``x``.
+
+    ``name`` is the layer's name in ``module.named_modules()`` (``"0"``, ``"2"``, ... in an
+    ``nn.Sequential``); its weight ``W ∈ R^{out × in}`` is
+    ``x[weight_offset : weight_offset + out·in].reshape(out, in)`` (row-major, torch's layout:
+    the layer computes ``a ↦ W a + b``) and its bias ``x[bias_offset : bias_offset + out]``
+    (``bias_offset`` is ``None`` for a layer without bias).
+    """
+
+    name: str
+    out_features: int
+    in_features: int
+    weight_offset: int
+    bias_offset: int | None
+
+    @property
+    def weight_slice(self) -> slice:
+        return slice(self.weight_offset, self.weight_offset + self.out_features * self.in_features)
+
+    def weight(self, x: np.ndarray) -> np.ndarray:
+        """``W`` as an ``out × in`` view into ``x`` (writing to it writes ``x``)."""
+        return x[self.weight_slice].reshape(self.out_features, self.in_features)
+
+    def bias(self, x: np.ndarray) -> np.ndarray | None:
+        """``b`` as a view into ``x``, or ``None``."""
+        if self.bias_offset is None:
+            return None
+        return x[self.bias_offset : self.bias_offset + self.out_features]
+
+
+def linear_layers(module: nn.Module) -> tuple[LinearLayer, ...]:
+    """Every ``nn.Linear`` of ``module`` in ``named_modules()`` order, with its offsets in the
+    flat vector (the concatenation of ``named_parameters()``, as :class:`MLPObjective` lays it
+    out)."""
+    offsets, offset = {}, 0
+    for name, p in module.named_parameters():
+        offsets[name] = offset
+        offset += p.numel()
+    found = []
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear):
+            prefix = f"{name}." if name else ""
+            bias = offsets[prefix + "bias"] if layer.bias is not None else None
+            found.append(
+                LinearLayer(
+                    name, layer.out_features, layer.in_features, offsets[prefix + "weight"], bias
+                )
+            )
+    return tuple(found)
 
 
 def init_vector(module: nn.Module, seed: int) -> np.ndarray:
@@ -82,6 +162,7 @@ class MLPObjective(Objective):
         self.dtype = DTYPES[dtype]
         self.module = module.to(device=self.device, dtype=self.dtype)
         self.shapes = [(name, p.shape) for name, p in module.named_parameters()]
+        self.layers = linear_layers(module)  # the nn.Linear layers' places in x (LoRA adapters)
         self.dim = int(sum(p.numel() for p in module.parameters()))
         self.a = torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
         self.y = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -128,8 +129,8 @@ def _load(path: Path) -> tuple[np.ndarray, float] | None:
     try:
         with np.load(path) as z:
             return np.array(z["x"], dtype=np.float64), float(z["f"])
-    except (OSError, KeyError, ValueError):
-        return None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # missing, empty, truncated or foreign: recomputed
 
 
 def _store(path: Path, result: tuple[np.ndarray, float]) -> None:

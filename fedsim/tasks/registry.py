@@ -32,6 +32,12 @@ Tasks (``task.name``):
   id around a random centre with geodesic spread ``spread``, or the user's ``task.matrices``
   (every one checked SPD); ``natural`` gives contiguous blocks, other partitions split the pooled
   matrices (``sorted`` by ``log det``). ``x0`` is the identity or the user's SPD ``task.x0``.
+- ``finetune_digits``, ``linear_torch``, ``mlp_large``: :mod:`fedsim.tasks.finetune` (torch, on
+  ``digits``). ``finetune_digits`` fine-tunes on digits 5–9 (labels − 5) an MLP pretrained on
+  digits 0–4 (``x0``, cached on disk beside the optima); ``linear_torch`` is ridge least squares
+  of one ``nn.Linear`` on the same data with the closed-form ``x*`` and exact ``mu``, ``L``;
+  ``mlp_large`` is a seeded random MLP with over a million parameters (float32). Their
+  objectives list their ``nn.Linear`` layers in ``layers`` (offsets in the flat vector).
 
 **Byzantine clients** (``byzantine``: their partition ids): ``full`` and the optimum are those of
 the honest clients' objective ``Σ_{m honest} w_m f_m / Σ_{m honest} w_m`` — Byzantine data never
@@ -50,7 +56,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +69,9 @@ from fedsim.tasks.base import Task
 from fedsim.tasks.logreg import BinaryLogistic, Matrix, MultinomialLogistic
 from fedsim.tasks.quadratic import Quadratic, quadratic_clients
 
+if TYPE_CHECKING:  # torch loads only when a torch task is built
+    from fedsim.tasks.finetune import TorchSettings
+
 TASK_NAMES: tuple[str, ...] = (
     "logreg_synthetic",
     "logreg_libsvm",
@@ -72,6 +81,9 @@ TASK_NAMES: tuple[str, ...] = (
     "mlp_digits",
     "pca_sphere",
     "karcher_spd",
+    "finetune_digits",
+    "linear_torch",
+    "mlp_large",
 )
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "logreg_synthetic": {
@@ -143,6 +155,39 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "spread": 0.5,
         "matrices": None,  # None: synthetic; else a list of SPD n × n matrices
         "x0": None,  # None: the identity; else an SPD n × n matrix
+    },
+    "finetune_digits": {
+        "hidden": 64,
+        "depth": 2,
+        "activation": "relu",
+        "pretrain_steps": 200,
+        "pretrain_lr": 0.01,
+        "pretrain_seed": 0,
+        "L": 10.0,
+        "l2": 0.0,
+        "device": "cpu",
+        "dtype": "float64",
+        "torch_threads": 1,
+        "test_fraction": 0.2,
+    },
+    "linear_torch": {
+        "init": "pretrained",  # pretrained | random | zero
+        "l2": 1e-2,
+        "device": "cpu",
+        "dtype": "float64",
+        "torch_threads": 1,
+        "test_fraction": 0.2,
+    },
+    "mlp_large": {
+        "hidden": 1024,
+        "depth": 2,
+        "activation": "relu",
+        "L": 10.0,
+        "l2": 0.0,
+        "device": "cpu",
+        "dtype": "float32",
+        "torch_threads": 1,
+        "test_fraction": 0.0,
     },
 }
 MULTICLASS_MODES: tuple[str, ...] = ("ovr", "multinomial")
@@ -644,6 +689,88 @@ def _check_spd(spd: SPD, a: np.ndarray, what: str) -> None:
         raise ConfigError(f"{what} must be a symmetric positive definite matrix: {err}") from err
 
 
+def _torch_settings(opts: dict[str, Any]) -> TorchSettings:
+    """The knobs the torch tasks of :mod:`fedsim.tasks.finetune` share; sets torch's thread
+    count (``task.torch_threads``) on the way."""
+    import torch
+
+    from fedsim.tasks.finetune import TorchSettings
+
+    threads = _number(opts, "torch_threads", int, 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    test_fraction = _number(opts, "test_fraction", float, 0.0)
+    if test_fraction >= 1:
+        raise ConfigError(f"task.test_fraction must be < 1, got {test_fraction}")
+    return TorchSettings(
+        L=_number(opts, "L", float, 0.0, strict=True) if "L" in opts else 1.0,
+        l2=_number(opts, "l2", float, 0.0),
+        device=str(opts["device"]),
+        dtype=str(opts["dtype"]),
+        test_fraction=test_fraction,
+    )
+
+
+def _build_finetune_digits(
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
+) -> Task:
+    from fedsim.tasks.finetune import finetune_digits_task
+
+    settings = _torch_settings(opts)
+    return finetune_digits_task(
+        hidden=_number(opts, "hidden", int, 1),
+        depth=_number(opts, "depth", int, 1),
+        activation=str(opts["activation"]),
+        pretrain_steps=_number(opts, "pretrain_steps", int, 0),
+        pretrain_lr=_number(opts, "pretrain_lr", float, 0.0, strict=True),
+        pretrain_seed=_number(opts, "pretrain_seed", int, 0),
+        settings=settings,
+        partition_cfg=partition_cfg,
+        num_clients=num_clients,
+        seed=seed,
+        honest=honest,
+    )
+
+
+def _build_linear_torch(
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
+) -> Task:
+    from fedsim.tasks.finetune import linear_torch_task
+
+    settings = _torch_settings(opts)
+    return linear_torch_task(str(opts["init"]), settings, partition_cfg, num_clients, seed, honest)
+
+
+def _build_mlp_large(
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
+) -> Task:
+    from fedsim.tasks.finetune import mlp_large_task
+
+    settings = _torch_settings(opts)
+    return mlp_large_task(
+        hidden=_number(opts, "hidden", int, 1),
+        depth=_number(opts, "depth", int, 1),
+        activation=str(opts["activation"]),
+        settings=settings,
+        partition_cfg=partition_cfg,
+        num_clients=num_clients,
+        seed=seed,
+        honest=honest,
+    )
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[int]], Task]] = {
     "logreg_synthetic": _build_synthetic,
     "logreg_libsvm": _build_libsvm,
@@ -653,6 +780,9 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[in
     "mlp_digits": _build_mlp,
     "pca_sphere": _build_pca_sphere,
     "karcher_spd": _build_karcher_spd,
+    "finetune_digits": _build_finetune_digits,
+    "linear_torch": _build_linear_torch,
+    "mlp_large": _build_mlp_large,
 }
 
 __all__ = [
