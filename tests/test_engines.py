@@ -6,6 +6,8 @@ import pytest
 from fedsim.engines.ray import shared_ray
 from fedsim.runner import run
 
+pytestmark = pytest.mark.xdist_group("ray-engines")  # one worker, one shared Ray
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_ray():

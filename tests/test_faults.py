@@ -206,6 +206,7 @@ class CrashingFedAvg(FedAvgClient):
         return super().fit(parameters, config)
 
 
+@pytest.mark.xdist_group("ray-faults")  # one worker, one shared Ray
 def test_a_hanging_and_a_crashing_ray_client_fail_in_their_own_rounds_only(
     compose, caplog, capfd, tmp_path, one_ray
 ):
@@ -246,6 +247,7 @@ def test_a_hanging_and_a_crashing_ray_client_fail_in_their_own_rounds_only(
 MIXED = "fault.kinds={1:crash,2:drop,3:nan,4:wrong_shape,5:slow}"
 
 
+@pytest.mark.xdist_group("ray-faults")  # one worker, one shared Ray
 def test_every_kind_at_once_on_ray_is_counted_exactly(compose, tmp_path, one_ray):
     """``fault=mixed`` on Ray, from round 2 on: clients 1–4 fail (crash, drop, nan,
     wrong_shape), client 5 is slow but correct, clients 0 and 6 are healthy; the failures

@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LOGREG = ("task=logreg_synthetic", "num_clients=6", "task.samples_per_client=40")
 QUARTIC = ("task=quartic", "num_clients=4", "task.dim=6", "task.num_points=40")
 SPHERE = ("task=pca_sphere", "task.dim=6", "task.samples_per_client=10", "num_clients=4")
+LINEAR_TORCH = ("task=linear_torch", "partition=iid", "num_clients=3", "sampler=uniform")
+LINEAR_TORCH += ("sampler.cohort_size=2",)
+LORA = ("fed_fpft", "fed_lora", "fed_asymm_lora", "fed_cola", "fed_rac_lora")
 CASES = {
     "fedavg": (*LOGREG, "method=fedavg", "sampler=uniform", "sampler.cohort_size=3"),
     **{k: (*LOGREG, *v) for k, v in LOCAL_TRAINING.items()},
@@ -36,6 +39,8 @@ CASES = {
     "l0l1_gd": (*QUARTIC, "method=l0l1_gd", "sampler=full"),
     **{k: (*LOGREG, "sampler=uniform", "sampler.cohort_size=4", *v) for k, v in BYZANTINE.items()},
     **{k: (*SPHERE, *v) for k, v in RIEMANNIAN.items()},
+    # links of 5 rounds: the checkpoint (round 4) is mid-link, a merge (5) precedes the crash (6)
+    **{k: (*LINEAR_TORCH, f"method={k}") for k in LORA},
 }
 COLUMNS_BUT_WALL = (
     "round", "clients", "loss", "grad_norm_sq", "gap", "dist_sq", "accuracy", "test_accuracy",
@@ -184,6 +189,7 @@ RAY_KILLED = {  # rounds: a kill lands mid-way; cohorts as in CASES
 }
 
 
+@pytest.mark.xdist_group("ray-head")  # one worker, one Ray head
 @pytest.mark.parametrize("name", list(RAY_KILLED))
 def test_a_ray_run_killed_at_a_random_round_resumes_on_ray_to_the_same_metrics(
     compose, tmp_path, ray_head, name
