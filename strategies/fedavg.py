@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedsim.blocks.attacks import Attack
+from fedsim.blocks.local_optimizer import resolve_local_optimizer
 from fedsim.blocks.robust import RobustStep
 from fedsim.blocks.samplers import Cohort, Sampler, unbiased_sum
 from fedsim.blocks.solvers import SOLVERS
@@ -79,8 +80,9 @@ class FedAvg(FedsimStrategy):
 
     @staticmethod
     def resolve(method: Mapping, task: Task, sampler: Sampler | None = None) -> dict:
-        """Validated hyperparameters with ``auto`` resolved (``sampler``: this run's)."""
-        return resolve_local(method, task)
+        """Validated hyperparameters with ``auto`` resolved (``sampler``: this run's); the local
+        optimizer's knobs first (:mod:`fedsim.blocks.local_optimizer`)."""
+        return resolve_local(resolve_local_optimizer(method, task), task)
 
     @classmethod
     def from_config(

@@ -70,7 +70,7 @@ def test_an_unknown_key_in_any_group_is_refused_with_the_valid_keys(compose):
 def test_an_unknown_method_key_names_the_methods_keys(compose):
     message = refused(compose, "engine=inline", "+method.foo=1")
     assert "unknown key method.foo for method 'fedavg'" in message
-    assert "client_lr, local_epochs, local_solver, local_steps" in message
+    assert "client_lr, local_epochs, local_optimizer, local_solver, local_steps" in message
 
 
 def test_an_unknown_top_level_key_names_the_top_level_keys(compose):
