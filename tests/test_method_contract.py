@@ -33,9 +33,17 @@ SAMPLER = {
     "rlsvrg": ("sampler=uniform", "sampler.cohort_size=3"),
     "rpage": ("sampler=uniform", "sampler.cohort_size=3"),
     "rmarina": ("sampler=full",),
+    "fed_fpft": ("sampler=full",),
+    "fed_lora": ("sampler=full",),
+    "fed_asymm_lora": ("sampler=full",),
+    "fed_cola": ("sampler=full",),
+    "fed_rac_lora": ("sampler=full",),
 }
 NEUTRAL = {"compressor": "compressor=rand_k", "aggregator": "aggregator=cm", "attack": "attack=ipm"}
 SMALL = ("engine=inline", "task=logreg_synthetic", "num_clients=6", "task.samples_per_client=30")
+# instead of SMALL: the LoRA methods adapt the nn.Linear layers of a torch task
+LINEAR_TORCH = ("engine=inline", "task=linear_torch", "partition=iid", "num_clients=3")
+TASK = {name: LINEAR_TORCH for name in ("fed_lora", "fed_asymm_lora", "fed_cola", "fed_rac_lora")}
 
 
 def test_every_method_config_has_a_contract_entry():
@@ -44,7 +52,7 @@ def test_every_method_config_has_a_contract_entry():
 
 @pytest.mark.parametrize("name", METHODS)
 def test_the_method_runs_and_refuses_the_groups_it_does_not_use(compose, name):
-    cfg = compose(*SMALL, f"method={name}", *SAMPLER[name], "num_rounds=4")
+    cfg = compose(*TASK.get(name, SMALL), f"method={name}", *SAMPLER[name], "num_rounds=4")
     rows = run(cfg, None)
     loss = np.array([r["loss"] for r in rows])
     assert np.all(np.isfinite(loss)) and loss[-1] < loss[0], loss
@@ -55,4 +63,7 @@ def test_the_method_runs_and_refuses_the_groups_it_does_not_use(compose, name):
         if group in uses:
             continue
         with pytest.raises(ConfigError, match=f"does not use {group}"):
-            compose(*SMALL, f"method={name}", *SAMPLER[name], choice, "attack.num_byzantine=1")
+            compose(
+                *TASK.get(name, SMALL), f"method={name}", *SAMPLER[name], choice,
+                "attack.num_byzantine=1",
+            )  # fmt: skip
