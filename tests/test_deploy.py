@@ -22,6 +22,10 @@ from fedsim.errors import ConfigError
 from fedsim.metrics import read_metrics
 from fedsim.runner import run_overrides
 
+# The two local federations run one after the other on one pytest-xdist worker: on 2 cores, 11
+# SuperNodes with their ClientApp processes at once would miss the round timeouts.
+pytestmark = pytest.mark.xdist_group("deploy")
+
 OVERRIDES = [
     "method=fedavg",
     "task=logreg_synthetic",
