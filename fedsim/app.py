@@ -42,6 +42,7 @@ def settings_of(cfg: Mapping, outdir: str | None, progress: bool) -> RunSettings
         outdir=outdir,
         progress=progress,
         name_missing=deployed,
+        mark_done=deployed,
     )
 
 

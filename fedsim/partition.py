@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim import cache
 from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator, int_seed
 
@@ -104,18 +105,34 @@ def partition_indices(
             f"cannot split {n} samples across {num_clients} clients: every client needs a sample"
         )
     codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
-    if name == "iid":
-        parts = _iid(codes, num_clients, seed)
-    elif name == "dirichlet":
-        parts = _dirichlet(codes, num_clients, cfg, seed)
-    elif name == "by_label":
-        parts = _by_label(codes, num_clients, cfg, seed)
+    if name in ("iid", "dirichlet", "by_label"):
+        parts = _flower_split(name, codes, num_clients, cfg, seed)
     else:
         key = codes if keys is None else np.asarray(keys)
         if key.shape != (n,):
             raise ConfigError(f"sorted partition needs one key per sample ({n}), got {key.shape}")
         parts = _sorted(key, num_clients, seed)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _flower_split(
+    name: str, codes: np.ndarray, num_clients: int, cfg: dict[str, Any], seed: int
+) -> list[np.ndarray]:
+    """A Flower Datasets partitioner's split, read back from the disk cache when it holds it
+    (:mod:`fedsim.cache`; keyed by the labels, the scheme, ``num_clients``, the seed and the
+    flwr-datasets version): importing Flower Datasets costs a deployed ClientApp seconds."""
+    from importlib.metadata import version
+
+    key = cache.digest(codes, name, num_clients, dict(cfg), seed, version("flwr-datasets"))
+    entry = cache.entry("partition", key, "1")
+    z = cache.load(entry)
+    if z is not None and {"flat", "ends"} <= z.keys() and z["ends"].shape == (num_clients,):
+        return np.split(z["flat"].astype(np.int64), z["ends"][:-1])
+    split = {"iid": _iid, "dirichlet": _dirichlet, "by_label": _by_label}[name]
+    parts = [np.asarray(p, dtype=np.int64) for p in split(codes, num_clients, cfg, seed)]
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    cache.store(entry, "the partition", flat=flat, ends=np.cumsum([len(p) for p in parts]))
+    return parts
 
 
 def _hf_dataset(codes: np.ndarray, idx: np.ndarray) -> Any:
@@ -128,7 +145,7 @@ def _collect(partitioner: Any, num_clients: int) -> list[np.ndarray]:
     return [np.asarray(partitioner.load_partition(m)["idx"]) for m in range(num_clients)]
 
 
-def _iid(codes: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+def _iid(codes: np.ndarray, num_clients: int, cfg: dict[str, Any], seed: int) -> list[np.ndarray]:
     from flwr_datasets.partitioner import IidPartitioner
 
     perm = generator(seed, 0, "partition").permutation(codes.shape[0])

@@ -110,6 +110,9 @@ class RunSettings:
     # Whether this strategy must name the clients that sent no reply: on deployment nobody else
     # does (Flower hands the strategy bare exceptions), inline and ray name them as they fail.
     name_missing: bool = False
+    # Whether the last round marks summary.json "completed": a deployed ServerApp runs in another
+    # process, and the submitting `python -m fedsim` watches that file to know the rounds are over.
+    mark_done: bool = False
 
 
 @dataclass(slots=True)
@@ -550,6 +553,8 @@ class FedsimStrategy(Strategy):
                 bar.close()
         if last:
             self.recorder.close()
+            if s.mark_done:
+                mark(s.outdir, "completed")
         if server_round > 0:
             self._after_round(server_round)
         metrics = {k: v for k, v in row.items() if isinstance(v, int | float)}

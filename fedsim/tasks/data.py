@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from fedsim import cache
 from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator
 
@@ -52,29 +53,47 @@ def load_libsvm(
     """Read a LIBSVM (svmlight) file; labels mapped to ``±1``; the first ``max_samples`` rows.
 
     Relative paths are resolved against the current working directory. Parsed files are kept
-    in-process (keyed by resolved path, modification time and ``num_features``). A file that
+    in-process and on disk (:mod:`fedsim.cache`; keyed by resolved path, size, modification time
+    and ``num_features``). A file that
     scikit-learn's reader refuses is a :class:`ConfigError` ``<path>: line N: <reason>`` naming
     its first bad line (:func:`libsvm_error`; the file is re-scanned only then).
     """
-    from sklearn.datasets import load_svmlight_file
-
     file = Path(os.path.expanduser(str(path))).resolve()
     if not file.is_file():
         raise ConfigError(f"LIBSVM file not found: {str(path)!r} (resolved to {file}); {DATA_HINT}")
-    key = (str(file), file.stat().st_mtime, num_features)
+    stat = file.stat()
+    key = (str(file), stat.st_mtime, num_features)
     if key not in _LIBSVM_CACHE:
-        try:
-            a, y = load_svmlight_file(str(file), n_features=num_features, dtype=np.float64)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise libsvm_error(file, err, num_features) from None
-        if a.shape[0] == 0:
-            raise ConfigError(f"{file}: no samples (an empty LIBSVM file)")
-        _LIBSVM_CACHE[key] = (sp.csr_matrix(a), binary_labels(np.asarray(y)))
+        _LIBSVM_CACHE[key] = _parsed_libsvm(file, stat.st_size, stat.st_mtime_ns, num_features)
     a, y = _LIBSVM_CACHE[key]
     if max_samples is not None:
         if max_samples < 1:
             raise ConfigError(f"task.max_samples must be positive, got {max_samples}")
         a, y = a[:max_samples], y[:max_samples]
+    return a, y
+
+
+def _parsed_libsvm(
+    file: Path, size: int, mtime_ns: int, num_features: int | None
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``file`` parsed by scikit-learn, or read back from the disk cache (:mod:`fedsim.cache`,
+    keyed by path, size, modification time and ``num_features``)."""
+    entry = cache.entry("libsvm", cache.digest(str(file), size, mtime_ns, num_features), "1")
+    z = cache.load(entry)
+    if z is not None and {"data", "indices", "indptr", "shape", "y"} <= z.keys():
+        shape = tuple(int(n) for n in z["shape"])
+        return sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape), z["y"]
+    from sklearn.datasets import load_svmlight_file
+
+    try:
+        a, y = load_svmlight_file(str(file), n_features=num_features, dtype=np.float64)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise libsvm_error(file, err, num_features) from None
+    if a.shape[0] == 0:
+        raise ConfigError(f"{file}: no samples (an empty LIBSVM file)")
+    a, y = sp.csr_matrix(a), binary_labels(np.asarray(y))
+    arrays = {"data": a.data, "indices": a.indices, "indptr": a.indptr}
+    cache.store(entry, f"the parsed {file.name}", **arrays, shape=np.array(a.shape), y=y)
     return a, y
 
 

@@ -37,7 +37,7 @@ weight_offset, bias_offset)``, one per ``nn.Linear`` in order: ``layer.weight(x)
 (``task.full.layers``), ``None`` for tasks without a torch model.
 
 **Pretrained cache.** The pretrained vector is computed once and kept on disk beside the optima
-(:func:`fedsim.tasks.optimum.cache_dir`: ``$FEDSIM_CACHE``, default ``~/.cache/fedsim``) as
+(:func:`fedsim.cache.cache_dir`: ``$FEDSIM_CACHE``, default ``~/.cache/fedsim``) as
 ``pretrained-<key>-v<version>.npz``, where ``key`` is the SHA-1 of every setting that changes it
 (layer sizes, activation, Adam steps and stepsize, init seed, the pretraining rows and labels
 themselves, torch's version). Writes are atomic; an unreadable, truncated or wrong-shaped file is
@@ -49,10 +49,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
-import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +59,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedsim.cache import cache_dir, load, store
 from fedsim.errors import ConfigError, unknown
 from fedsim.partition import partition_indices
 from fedsim.rng import generator
 from fedsim.tasks import data
 from fedsim.tasks.base import Objective, Task
 from fedsim.tasks.mlp import LinearLayer, MLPObjective, build_deep_mlp, init_vector
-from fedsim.tasks.optimum import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +198,12 @@ def cached_pretrained(
 
 
 def _load(path: Path, dim: int) -> np.ndarray | None:
-    try:
-        with np.load(path) as z:
-            x = np.array(z["x"], dtype=np.float64)
-    except FileNotFoundError:
+    z = load(path)
+    if z is None or "x" not in z:
+        if path.exists():
+            log.warning("unreadable pretrained cache %s: recomputing it", path)
         return None
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        log.warning("unreadable pretrained cache %s (%s): recomputing it", path, err)
-        return None
+    x = np.asarray(z["x"], dtype=np.float64)
     if x.shape != (dim,) or not np.all(np.isfinite(x)):
         log.warning(
             "pretrained cache %s holds shape %s, not (%d,): recomputing", path, x.shape, dim
@@ -219,15 +213,7 @@ def _load(path: Path, dim: int) -> np.ndarray | None:
 
 
 def _store(path: Path, x: np.ndarray, f: float) -> None:
-    """Temporary file + rename: parallel runs may share the cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, x=x, f=np.float64(f))
-        os.replace(tmp, path)
-    except OSError as err:
-        warnings.warn(f"could not cache the pretrained model in {path.parent}: {err}", stacklevel=2)
+    store(path, "the pretrained model", x=x, f=np.float64(f))
 
 
 # --- finetune_digits ------------------------------------------------------------------------

@@ -12,16 +12,14 @@ labels and regularization (see :meth:`fedsim.tasks.logreg._Linear.fingerprint`).
 
 from __future__ import annotations
 
-import os
-import tempfile
-import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import scipy.linalg as sla
+
+from fedsim.cache import cache_dir, load, store
 
 _MEMORY: dict[str, tuple[np.ndarray, float]] = {}
 _CACHE_VERSION = "1"
@@ -33,11 +31,6 @@ class TwiceDifferentiable(Protocol):
     def grad(self, x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray: ...
 
     def hessian(self, x: np.ndarray) -> np.ndarray: ...
-
-
-def cache_dir() -> Path:
-    """``$FEDSIM_CACHE`` or ``~/.cache/fedsim``."""
-    return Path(os.environ.get("FEDSIM_CACHE") or Path.home() / ".cache" / "fedsim")
 
 
 def newton(
@@ -126,20 +119,11 @@ def cached(key: str, compute: Callable[[], tuple[np.ndarray, float]]) -> tuple[n
 
 
 def _load(path: Path) -> tuple[np.ndarray, float] | None:
-    try:
-        with np.load(path) as z:
-            return np.array(z["x"], dtype=np.float64), float(z["f"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+    z = load(path)
+    if z is None or "x" not in z or "f" not in z:
         return None  # missing, empty, truncated or foreign: recomputed
+    return np.asarray(z["x"], dtype=np.float64), float(z["f"])
 
 
 def _store(path: Path, result: tuple[np.ndarray, float]) -> None:
-    """Write atomically (temporary file + rename): parallel runs may share the cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, x=result[0], f=np.float64(result[1]))
-        os.replace(tmp, path)
-    except OSError as err:
-        warnings.warn(f"could not cache the optimum in {path.parent}: {err}", stacklevel=2)
+    store(path, "the optimum", x=result[0], f=np.float64(result[1]))
