@@ -38,6 +38,9 @@ SAMPLER = {
     "fed_asymm_lora": ("sampler=full",),
     "fed_cola": ("sampler=full",),
     "fed_rac_lora": ("sampler=full",),
+    "biased_sgd": ("sampler=full",),
+    "dsgd": ("sampler=uniform", "sampler.cohort_size=3"),
+    "l_svrdsg": ("sampler=uniform", "sampler.cohort_size=3"),
 }
 NEUTRAL = {"compressor": "compressor=rand_k", "aggregator": "aggregator=cm", "attack": "attack=ipm"}
 SMALL = ("engine=inline", "task=logreg_synthetic", "num_clients=6", "task.samples_per_client=30")

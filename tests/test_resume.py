@@ -41,6 +41,8 @@ CASES = {
     **{k: (*SPHERE, *v) for k, v in RIEMANNIAN.items()},
     # links of 5 rounds: the checkpoint (round 4) is mid-link, a merge (5) precedes the crash (6)
     **{k: (*LINEAR_TORCH, f"method={k}") for k in LORA},
+    "biased_sgd": (*LOGREG, "method=biased_sgd", "sampler=full"),
+    "dsgd": (*LOGREG, "method=dsgd", "sampler=uniform", "sampler.cohort_size=3"),
 }
 COLUMNS_BUT_WALL = (
     "round", "clients", "loss", "grad_norm_sq", "gap", "dist_sq", "accuracy", "test_accuracy",

@@ -8,6 +8,16 @@ Binary (labels ``y_j ∈ {-1, +1}``, rows ``a_j ∈ R^d``, ``x ∈ R^d``)::
 with ``σ`` the logistic function. Since ``σ(1-σ) ≤ 1/4``: ``L = λ_max(AᵀA)/(4n) + λ`` and every
 sample is ``‖a_j‖²/4 + λ``-smooth.
 
+Binary, with the non-convex regularizer of the experiments of Demidovich, Malinovsky, Sokolov &
+Richtárik, "A guide through the zoo of biased SGD" (arXiv 2305.16296; ``nonconvex`` = ν, the
+paper's λ, there 1)::
+
+    f(x) += ν Σ_k x_k²/(1 + x_k²),   ∇ += ν · 2x/(1 + x²)²,   ∇² += ν · diag((2 − 6x²)/(1 + x²)³)
+
+The added curvature lies in [−ν/2, 2ν], so it adds ``2ν`` to ``L`` and to every sample's
+constant (the paper's ``L₀ = λ_max(AᵀA)/(4m) + 2λ``, ``L_i = ‖a_i‖²/4 + 2λ``); ``ν = 0`` (the
+default) is the plain L2 problem, unchanged.
+
 Multinomial (labels ``y_j ∈ {0..K-1}``, ``x`` = row-major ``W ∈ R^{d×K}``)::
 
     f(W) = (1/n) Σ_j [logsumexp(Wᵀa_j) - (Wᵀa_j)_{y_j}] + (λ/2)‖W‖²_F
@@ -23,6 +33,7 @@ fast as CSR, and a minibatch about eight times as fast); large sparse ones stay 
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import cached_property
 
 import numpy as np
@@ -95,12 +106,22 @@ class _Linear(Objective):
 
     curvature: float  # bound on the loss' second derivative along a_j (1/4 or 1/2)
 
-    def __init__(self, a: Matrix, y: np.ndarray, l2: float, dense: bool | None = None) -> None:
+    grad_factor: float  # bound on the loss' derivative along a_j: ‖∇ℓ_j‖ ≤ grad_factor·‖a_j‖
+
+    def __init__(
+        self,
+        a: Matrix,
+        y: np.ndarray,
+        l2: float,
+        dense: bool | None = None,
+        nonconvex: float = 0.0,
+    ) -> None:
         self.a = as_matrix(a, dense)
         self.y = np.asarray(y)
         if self.a.shape[0] != self.y.shape[0]:
             raise ValueError(f"{self.a.shape[0]} rows but {self.y.shape[0]} labels")
         self.l2 = float(l2)
+        self.nonconvex = float(nonconvex)
         self.num_samples = int(self.a.shape[0])
         self.num_features = int(self.a.shape[1])
         self.dim = self.num_features
@@ -112,36 +133,78 @@ class _Linear(Objective):
 
     @cached_property
     def smoothness(self) -> float:  # type: ignore[override]
-        return self.curvature * gram_lambda_max(self.a) / self.num_samples + self.l2
+        return (
+            self.curvature * gram_lambda_max(self.a) / self.num_samples
+            + self.l2
+            + 2.0 * self.nonconvex
+        )
 
     @cached_property
     def sample_smoothness(self) -> float:  # type: ignore[override]
-        return self.curvature * float(row_norms_sq(self.a).max()) + self.l2
+        return float(self.sample_smoothnesses.max())
+
+    @cached_property
+    def sample_smoothnesses(self) -> np.ndarray:
+        """``L_j = curvature·‖a_j‖² + λ + 2ν``: the smoothness constant of every sample's
+        ``ℓ_j + r`` (importance sampling, the Biased ABC constants)."""
+        return self.curvature * row_norms_sq(self.a) + self.l2 + 2.0 * self.nonconvex
+
+    @cached_property
+    def sample_grad_bounds(self) -> np.ndarray:
+        """``G_j = grad_factor·‖a_j‖ ≥ sup_x ‖∇ℓ_j(x)‖``: the loss part of a sample's gradient
+        is bounded (the regularizer, shared by every sample, is not)."""
+        return self.grad_factor * np.sqrt(row_norms_sq(self.a))
 
     def fingerprint(self) -> str:
-        """Identifies the problem (data, labels, ``λ``, loss) for the optimum cache."""
-        return fingerprint(type(self).__name__, self.a, self.y, self.l2)
+        """Identifies the problem (data, labels, ``λ``, ``ν`` if any, loss) for the optimum
+        cache."""
+        extra = () if self.nonconvex == 0 else (("nonconvex", self.nonconvex),)
+        return fingerprint(type(self).__name__, self.a, self.y, self.l2, *extra)
+
+
+def nonconvex_value(x: np.ndarray) -> float:
+    """``Σ_k x_k²/(1 + x_k²)`` (arXiv 2305.16296, its experiments)."""
+    s = x * x
+    return float(np.sum(s / (1.0 + s)))
+
+
+def nonconvex_grad(x: np.ndarray) -> np.ndarray:
+    """``∇ Σ_k x_k²/(1 + x_k²) = 2x/(1 + x²)²`` (coordinate-wise)."""
+    return 2.0 * x / (1.0 + x * x) ** 2
+
+
+def nonconvex_curvature(x: np.ndarray) -> np.ndarray:
+    """The diagonal Hessian of ``Σ_k x_k²/(1 + x_k²)``: ``(2 − 6x²)/(1 + x²)³`` ∈ [−1/2, 2]."""
+    s = x * x
+    return (2.0 - 6.0 * s) / (1.0 + s) ** 3
 
 
 class BinaryLogistic(_Linear):
-    """Binary logistic regression with labels ``±1`` (module docstring gives the maths)."""
+    """Binary logistic regression with labels ``±1`` (module docstring gives the maths), with
+    the non-convex regularizer ``ν Σ_k x_k²/(1 + x_k²)`` when ``nonconvex = ν > 0``."""
 
     curvature = 0.25
+    grad_factor = 1.0  # |ℓ'| = σ(−y aᵀx) ≤ 1
 
     def loss(self, x: np.ndarray, idx: np.ndarray | None = None) -> float:
         a, y = self._rows(idx)
-        return float(np.mean(np.logaddexp(0.0, -y * (a @ x))) + 0.5 * self.l2 * (x @ x))
+        value = float(np.mean(np.logaddexp(0.0, -y * (a @ x))) + 0.5 * self.l2 * (x @ x))
+        return value + self.nonconvex * nonconvex_value(x) if self.nonconvex else value
 
     def grad(self, x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
         a, y = self._rows(idx)
         r = -y * expit(-y * (a @ x))
-        return np.asarray(a.T @ r) / y.shape[0] + self.l2 * x
+        g = np.asarray(a.T @ r) / y.shape[0] + self.l2 * x
+        return g + self.nonconvex * nonconvex_grad(x) if self.nonconvex else g
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
-        """``(1/n) Aᵀ diag(σ(z)(1-σ(z))) A + λI`` with ``z = Ax``."""
+        """``(1/n) Aᵀ diag(σ(z)(1-σ(z))) A + λI`` with ``z = Ax`` (``+ ν diag((2 − 6x²)/(1 +
+        x²)³)`` with the non-convex regularizer)."""
         s = expit(self.a @ x)
         h = weighted_gram(self.a, s * (1.0 - s) / self.num_samples)
         h[np.diag_indices_from(h)] += self.l2
+        if self.nonconvex:
+            h[np.diag_indices_from(h)] += self.nonconvex * nonconvex_curvature(x)
         return h
 
     def accuracy(self, x: np.ndarray) -> float:
@@ -151,13 +214,14 @@ class BinaryLogistic(_Linear):
 
     def flipped(self) -> BinaryLogistic:
         """Labels ``y → −y`` (the authors' ``y → 1 − y`` for {0, 1} labels)."""
-        return BinaryLogistic(self.a, -self.y, self.l2)
+        return BinaryLogistic(self.a, -self.y, self.l2, nonconvex=self.nonconvex)
 
 
 class MultinomialLogistic(_Linear):
     """Softmax regression over ``K`` classes, ``x = vec(W)`` row-major, ``W ∈ R^{d×K}``."""
 
     curvature = 0.5
+    grad_factor = math.sqrt(2.0)  # ‖p − e_y‖ ≤ √2
 
     def __init__(
         self,

@@ -92,6 +92,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "alpha": 1.0,
         "beta": 1.0,
         "l2": 1e-2,
+        "nonconvex": 0.0,
         "normalize": True,
         "x0_scale": 0.0,
     },
@@ -100,6 +101,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_features": None,
         "max_samples": None,
         "l2": 1e-3,
+        "nonconvex": 0.0,
         "normalize": False,
         "x0_scale": 0.0,
     },
@@ -297,6 +299,7 @@ def _linear_task(
         pooled = np.concatenate([parts[m] for m in honest])
         full = make(a[pooled], y[pooled])
     l2 = full.l2
+    convex = not getattr(full, "nonconvex", 0.0)  # the non-convex regularizer: no x*, no mu
 
     def solve() -> tuple[np.ndarray, float]:
         return optimum.cached(full.fingerprint(), lambda: optimum.newton(full, np.zeros(full.dim)))
@@ -307,13 +310,13 @@ def _linear_task(
         clients=list(clients),
         full=full,
         x0=_x0(full.dim, opts, seed),
-        mu=l2,
-        solve=solve,
+        mu=l2 if convex else 0.0,
+        solve=solve if convex else None,
     )
 
 
-def _binary(l2: float) -> Callable[[Matrix, np.ndarray], BinaryLogistic]:
-    return lambda a, y: BinaryLogistic(a, y, l2)
+def _binary(l2: float, nonconvex: float = 0.0) -> Callable[[Matrix, np.ndarray], BinaryLogistic]:
+    return lambda a, y: BinaryLogistic(a, y, l2, nonconvex=nonconvex)
 
 
 def _build_synthetic(
@@ -328,6 +331,7 @@ def _build_synthetic(
     alpha = _number(opts, "alpha", float, 0.0)
     beta = _number(opts, "beta", float, 0.0)
     l2 = _number(opts, "l2", float, 0.0)
+    nonconvex = _number(opts, "nonconvex", float, 0.0)
     shards = [data.synthetic_client(k, dim, samples, alpha, beta, seed) for k in range(num_clients)]
     a = _maybe_normalize(np.vstack([s[0] for s in shards]), opts)
     y = np.concatenate([s[1] for s in shards])
@@ -336,7 +340,15 @@ def _build_synthetic(
     else:
         parts = partition_indices(y, num_clients, partition_cfg, seed)
     return _linear_task(
-        "logreg_synthetic", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
+        "logreg_synthetic",
+        a,
+        y,
+        parts,
+        _binary(l2, nonconvex),
+        opts,
+        seed,
+        honest,
+        _replicated(partition_cfg),
     )
 
 
@@ -348,11 +360,20 @@ def _build_libsvm(
     honest: list[int],
 ) -> Task:
     l2 = _number(opts, "l2", float, 0.0)
+    nonconvex = _number(opts, "nonconvex", float, 0.0)
     a, y = _load_libsvm(opts)
     a = _maybe_normalize(a, opts)
     parts = partition_indices(y, num_clients, partition_cfg, seed)
     return _linear_task(
-        "logreg_libsvm", a, y, parts, _binary(l2), opts, seed, honest, _replicated(partition_cfg)
+        "logreg_libsvm",
+        a,
+        y,
+        parts,
+        _binary(l2, nonconvex),
+        opts,
+        seed,
+        honest,
+        _replicated(partition_cfg),
     )
 
 
