@@ -287,6 +287,14 @@ class IndependentSampling(Estimator):
         s, n = self.local(objective, x, p, rng)
         return self.combine([s], [n], objective.num_samples)
 
+    # the authors' stepsize rule of each subclass: biased_sampling_lr or unbiased_sampling_lr
+    def auto_lr(
+        self, problem: FiniteSum, horizon: int, factor: float = 1.0, p: np.ndarray | None = None
+    ) -> float:
+        """The authors' rule (:attr:`lr_rule`) at the estimator's probabilities ``p``."""
+        assert p is not None, "independent sampling needs its probabilities"
+        return self.lr_rule(problem.L0, problem.L, p, horizon, factor)
+
 
 class BiasedIndependentSampling(IndependentSampling):
     """``g = (1/|S|) Σ_{i∈S} ∇f_i(x)``, ``g = 0`` if ``S = ∅`` (arXiv 2305.16296,
@@ -308,6 +316,7 @@ class BiasedIndependentSampling(IndependentSampling):
 
     name: ClassVar[str] = "ind_biased"
     unbiased: ClassVar[bool] = False
+    lr_rule = staticmethod(biased_sampling_lr)
 
     def weights(self, p: np.ndarray) -> float:
         return 1.0
@@ -333,13 +342,6 @@ class BiasedIndependentSampling(IndependentSampling):
             b, c = total / 2.0, dev * dev / (2.0 * total)
         return BiasedABC(A=a, B=0.0, C=2.0 * a * (problem.f_inf - problem.floor), b=b, c=c)
 
-    def auto_lr(
-        self, problem: FiniteSum, horizon: int, factor: float = 1.0, p: np.ndarray | None = None
-    ) -> float:
-        """The authors' rule, :func:`biased_sampling_lr`."""
-        assert p is not None, "independent sampling needs its probabilities"
-        return biased_sampling_lr(problem.L0, problem.L, p, horizon, factor)
-
 
 class UnbiasedIndependentSampling(IndependentSampling):
     """``g = Σ_{i∈S} ∇f_i(x)/(m p_i)`` (arXiv 2305.16296, "SGD-ind", unbiased).
@@ -352,6 +354,7 @@ class UnbiasedIndependentSampling(IndependentSampling):
 
     name: ClassVar[str] = "ind_unbiased"
     unbiased: ClassVar[bool] = True
+    lr_rule = staticmethod(unbiased_sampling_lr)
 
     def weights(self, p: np.ndarray) -> np.ndarray:
         return 1.0 / np.asarray(p, dtype=float)
@@ -364,13 +367,6 @@ class UnbiasedIndependentSampling(IndependentSampling):
         p = np.asarray(p, dtype=float)
         a = float(np.max((1.0 - p) * np.asarray(problem.L, dtype=float) / (problem.m * p)))
         return BiasedABC(A=a, B=1.0, C=2.0 * a * (problem.f_inf - problem.floor), b=1.0, c=0.0)
-
-    def auto_lr(
-        self, problem: FiniteSum, horizon: int, factor: float = 1.0, p: np.ndarray | None = None
-    ) -> float:
-        """The authors' rule, :func:`unbiased_sampling_lr`."""
-        assert p is not None, "independent sampling needs its probabilities"
-        return unbiased_sampling_lr(problem.L0, problem.L, p, horizon, factor)
 
 
 class CompressedGradient(Estimator):
