@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -64,8 +65,10 @@ def main(cfg: DictConfig) -> float | None:
     from fedsim.build import resolve
     from fedsim.runner import print_summary, quiet_flower, run
     from fedsim.status import exit_code, read_summary, status_of
+    from fedsim.sweep import job_threads, limit_threads, parallel_job
 
     quiet_flower()
+    parallel = parallel_job()
     resume = cfg.get("resume")
     try:
         if resume:
@@ -86,10 +89,16 @@ def main(cfg: DictConfig) -> float | None:
         resolved["engine"]["name"],
         outdir,
     )
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    threads = job_threads(resolved.get("threads", "auto"), parallel)
+    limit_threads(threads)
+    if threads is not None:
+        why = " (a job of a parallel sweep)" if parallel else ""
+        log.info("BLAS, OpenMP and torch threads: %d%s", threads, why)
+    if threading.current_thread() is threading.main_thread():  # a threaded launcher's jobs: not
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
     try:
-        progress = bool(resolved["output"].get("progress", True))
+        progress = bool(resolved["output"].get("progress", True)) and not parallel
         overrides = list(HydraConfig.get().overrides.task)
         rows = run(resolved, outdir, progress, overrides, resume=bool(resume))
     except ConfigError as err:

@@ -166,6 +166,8 @@ def _check_engine(cfg: Mapping) -> None:
     if engine.get("num_cpus") is not None:
         int_at_least("engine.num_cpus", engine["num_cpus"], 1)
     _timeout("engine.round_timeout", engine.get("round_timeout"))
+    if not isinstance(engine.get("shared", True), bool):
+        raise ConfigError(f"engine.shared must be true or false, got {engine['shared']!r}")
     res = engine.get("client_resources") or {}
     if not isinstance(res, Mapping):
         raise ConfigError(f"engine.client_resources must hold num_cpus and num_gpus, got {res!r}")
@@ -229,6 +231,9 @@ def resolve(cfg: Any, solve: bool = False) -> dict:
     int_at_least("num_rounds", out.get("num_rounds"), 1)
     int_at_least("eval_every", out.get("eval_every"), 1)
     int_at_least("max_failed_rounds", out.get("max_failed_rounds"), 1)
+    from fedsim.sweep import job_threads
+
+    job_threads(out.get("threads", "auto"), parallel=False)
     frac = out.get("max_failure_fraction", 0.5)
     if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac <= 1:
         raise ConfigError(f"max_failure_fraction must lie in [0, 1], got {frac!r}")

@@ -12,5 +12,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, never a multi-GB CUDA build.
   .venv/bin/python -m pip install --quiet -e '.[dev]'
+  # hydra/launcher=ray (sweep jobs as Ray tasks on a cluster). --no-deps: the plugin declares
+  # ray[default], boto3 and cloudpickle<3 for its AWS launcher; the local-cluster launcher used
+  # here needs only the ray and hydra-core above, and ray[default] would add the dashboard
+  # processes to every Ray that fedsim starts.
+  .venv/bin/python -m pip install --quiet --no-deps hydra-ray-launcher==1.2.2
   echo "$want" > "$stamp"
 fi

@@ -1,4 +1,9 @@
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +19,34 @@ def compose():
         return _compose(" ".join(("output.progress=false", *overrides)))
 
     return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """One Ray head on 127.0.0.1 with free ports (its client-server port too, so two heads on
+    one machine cannot collide), ``HOST:PORT``; stopped with its ``--block`` process, which
+    takes Ray's processes with it."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
+    cmd += ["--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
+    cmd += [f"--ray-client-server-port={free_port()}"]
+    cmd += ["--include-dashboard=false", "--disable-usage-stats"]
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    head.terminate()
+    head.wait(timeout=60)

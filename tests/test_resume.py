@@ -150,39 +150,6 @@ def test_kill_9_at_a_random_round_then_resume_gives_the_same_metrics(compose, tm
     assert not (outdir / "checkpoint.pkl").exists()  # a completed run keeps none
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """One Ray head on 127.0.0.1 for the killed ray runs (each joins it with engine.address, so a
-    run costs a connection instead of Ray's start-up); stopped with its ``--block`` process."""
-    import socket
-
-    port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
-    cmd += ["--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
-    cmd += ["--include-dashboard=false", "--disable-usage-stats"]
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    head.terminate()
-    head.wait(timeout=60)
-
-
 RAY_KILLED = {  # rounds: a kill lands mid-way; cohorts as in CASES
     "fedavg": (*CASES["fedavg"], "num_rounds=40"),
     "tamuna": (*CASES["tamuna"], "num_rounds=40"),

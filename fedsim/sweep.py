@@ -1,0 +1,104 @@
+"""Sweeps: what a Hydra multirun (``python -m fedsim -m ...``) needs beyond one run.
+
+* **Launchers.** Jobs run one after another in this process (Hydra's basic launcher), side by
+  side on this machine's cores (``hydra/launcher=joblib``, hydra-joblib-launcher: one process per
+  core, ``hydra.launcher.n_jobs=N`` for fewer), or as Ray tasks on a Ray cluster
+  (``hydra/launcher=ray hydra.launcher.ray.init.address=HOST:PORT``, hydra-ray-launcher).
+* **Threads.** A job of a parallel launcher runs its BLAS, OpenMP and torch on one thread
+  (``threads: auto``), so that N jobs on N cores do not fight over them; ``threads=K`` sets K
+  for every run, parallel or not. A parallel job also draws no progress bar (N bars on one
+  terminal are noise); its log lines remain.
+* **One Ray per sweep.** :class:`SweepCallback` (registered in ``conf/config.yaml``) tells
+  :mod:`fedsim.engines.ray` that a multirun is under way in this process: with the basic
+  launcher its ``engine=ray`` jobs then share one Ray (``engine.shared``), which the callback
+  shuts down when the sweep ends, and draws the sweep's figure, ``<sweep dir>/sweep.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from fedsim.errors import ConfigError
+
+log = logging.getLogger("fedsim")
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class SweepCallback(Callback):
+    """Hydra callback: a multirun's ``engine=ray`` jobs share one Ray, shut down at its end."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from fedsim.engines import ray as ray_engine
+
+        ray_engine.sweep_started()
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from fedsim.engines import ray as ray_engine
+
+        ray_engine.sweep_ended()
+        if config.get("output", {}).get("plot", True):
+            sweep_figure(Path(str(config.hydra.sweep.dir)))
+
+
+def sweep_figure(sweep_dir: Path) -> Path | None:
+    """``<sweep dir>/sweep.png``: every job's curves in one grid (:func:`fedsim.plot.plot_runs`,
+    the figure ``python -m fedsim.plot <sweep dir>`` draws); ``None`` if no job wrote metrics."""
+    from fedsim.plot import plot_runs
+
+    if not any(sweep_dir.glob("*/metrics.csv")):
+        return None
+    try:
+        path = plot_runs([sweep_dir], sweep_dir / "sweep.png")
+    except Exception as err:  # noqa: BLE001 - a figure never costs the sweep its results
+        log.warning("no sweep figure: %s", err)
+        return None
+    log.info("sweep figure: %s", path)
+    return path
+
+
+def parallel_job() -> bool:
+    """Whether this run is a job of a multirun whose launcher runs jobs side by side (any
+    launcher but Hydra's basic one)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return False
+    target = str(hc.launcher.get("_target_", ""))
+    return not target.endswith(".BasicLauncher")
+
+
+def job_threads(setting: object, parallel: bool) -> int | None:
+    """The thread count of ``threads``: ``auto`` is 1 in a parallel job, else the libraries'
+    own default (``None``); an integer ≥ 1 is used as given."""
+    if setting == "auto" or setting is None:
+        return 1 if parallel else None
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ConfigError(f"threads must be auto or an integer >= 1, got {setting!r}")
+    return setting
+
+
+def limit_threads(count: int | None) -> None:
+    """Run BLAS, OpenMP and torch on ``count`` threads from here on (``None``: leave them).
+
+    The environment variables cover libraries loaded later (torch reads ``OMP_NUM_THREADS`` when
+    it is imported); threadpoolctl resizes the BLAS and OpenMP pools already loaded."""
+    if count is None:
+        return
+    for var in _THREAD_VARS:
+        os.environ[var] = str(count)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=count)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)

@@ -1,0 +1,101 @@
+"""Sweeps (``python -m fedsim -m``, :mod:`fedsim.sweep`): jobs side by side with Hydra's joblib
+launcher, as Ray tasks on a Ray cluster with Hydra's Ray launcher, and ``engine=ray`` jobs on one
+shared Ray; every path gives the serial sweep's metrics, to the last bit."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsim.errors import ConfigError
+from fedsim.sweep import job_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ("engine=inline", "num_rounds=30", "seed=0,1", "sampler=uniform,cyclic")  # 4 jobs
+
+
+def sweep(outdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "fedsim", "-m", *args, "output.progress=false"]
+    cmd.append(f"hydra.sweep.dir={outdir}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def metrics(job: Path) -> list[dict[str, str]]:
+    """A job's metrics rows without the wall clock (the one column that may differ)."""
+    with open(job / "metrics.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(fh)]
+
+
+def jobs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def assert_same_sweep(a: Path, b: Path, count: int) -> None:
+    assert [p.name for p in jobs(a)] == [p.name for p in jobs(b)] == [str(i) for i in range(count)]
+    for ja, jb in zip(jobs(a), jobs(b), strict=True):
+        assert metrics(ja) == metrics(jb), ja.name
+        assert len(metrics(ja)) > 1
+
+
+def test_job_threads_rule():
+    assert job_threads("auto", parallel=True) == 1
+    assert job_threads("auto", parallel=False) is None
+    assert job_threads(3, parallel=True) == 3
+    for bad in (0, -1, 1.5, "two", True):
+        with pytest.raises(ConfigError, match="threads must be auto or an integer"):
+            job_threads(bad, parallel=False)
+
+
+def test_bad_threads_is_refused(compose):
+    from fedsim.build import resolve
+
+    with pytest.raises(ConfigError, match="threads must be auto or an integer >= 1, got 0"):
+        resolve(compose("threads=0"))
+
+
+def test_joblib_sweep_gives_the_serial_sweep_and_its_figure(tmp_path):
+    """``hydra/launcher=joblib``: the same 4 jobs on 2 processes, each single-threaded and
+    without a progress bar, give the serial sweep's metrics; both draw ``sweep.png``."""
+    sweep(tmp_path / "serial", *SMALL)
+    sweep(tmp_path / "joblib", *SMALL, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert_same_sweep(tmp_path / "serial", tmp_path / "joblib", 4)
+    for name in ("serial", "joblib"):
+        assert (tmp_path / name / "sweep.png").stat().st_size > 10_000
+    for job in jobs(tmp_path / "joblib"):
+        log = (job / "__main__.log").read_text()
+        assert "threads: 1 (a job of a parallel sweep)" in log
+    for job in jobs(tmp_path / "serial"):
+        assert "threads:" not in (job / "__main__.log").read_text()
+
+
+@pytest.mark.xdist_group("ray-engines")  # one Ray at a time on this worker
+def test_engine_ray_jobs_of_a_sweep_share_one_ray(tmp_path):
+    """Three ``engine=ray`` jobs: the first starts a Ray, the other two join it (and reuse its
+    warm actors); each job's metrics are the inline job's."""
+    args = ("num_rounds=3", "num_clients=4", "sampler=full", "seed=0,1,2", "output.plot=false")
+    proc = sweep(tmp_path / "ray", "engine=ray", *args)
+    sweep(tmp_path / "inline", "engine=inline", *args)
+    assert_same_sweep(tmp_path / "ray", tmp_path / "inline", 3)
+    logs = [(job / "__main__.log").read_text() for job in jobs(tmp_path / "ray")]
+    assert ["one Ray for the whole sweep" in log for log in logs] == [True, False, False]
+    assert proc.stderr.count("Started a local Ray instance") == 1
+
+
+@pytest.mark.xdist_group("ray-head")  # one worker, one Ray head
+def test_ray_launcher_runs_a_sweep_on_a_local_ray_head(tmp_path, ray_head):
+    """``hydra/launcher=ray_cluster``: 4 jobs as Ray tasks on a 127.0.0.1 head give the serial
+    sweep's metrics."""
+    sweep(tmp_path / "serial", *SMALL, "output.plot=false")
+    launcher = ("hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_head}")
+    sweep(tmp_path / "cluster", *SMALL, *launcher, "output.plot=false")
+    assert_same_sweep(tmp_path / "serial", tmp_path / "cluster", 4)
+    for job in jobs(tmp_path / "cluster"):
+        assert "threads: 1 (a job of a parallel sweep)" in (job / "__main__.log").read_text()
