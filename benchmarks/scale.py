@@ -21,8 +21,9 @@ Per M and engine:
 The engine=ray rows (``--ray-clients``, 100 and 1000) run ``--ray-rounds`` (2) rounds; their
 start-up includes Ray's start, and their whole run (``run s``, also printed for inline) includes
 the Ray actors' start, which happens in round 1 (fedsim's ClientApp is imported by each actor on
-its first message). ``run s`` of an inline row is its 2W rounds and start-up. The must-shows (exit status 1 when one fails):
-inline per-round time at M = 100000 at most 1.5× that at M = 1000, and inline start-up at
+its first message). ``run s`` of an inline row is its 2W rounds and start-up.
+
+The must-shows (exit status 1 when one fails): inline per-round time at M = 100000 at most 1.5× that at M = 1000, and inline start-up at
 M = 100000 under 60 s.
 
 Run ``.venv/bin/python benchmarks/scale.py [--json PATH]``; about 3 min on 2 cores.
