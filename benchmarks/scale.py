@@ -23,10 +23,10 @@ start-up includes Ray's start, and their whole run (``run s``, also printed for 
 the Ray actors' start, which happens in round 1 (fedsim's ClientApp is imported by each actor on
 its first message). ``run s`` of an inline row is its 2W rounds and start-up.
 
-The must-shows (exit status 1 when one fails): inline per-round time at M = 100000 at most 1.5× that at M = 1000, and inline start-up at
-M = 100000 under 60 s.
+The must-shows (exit status 1 when one fails): inline per-round time at M = 100000 at most
+1.5× that at M = 1000, and inline start-up at M = 100000 under 60 s.
 
-Run ``.venv/bin/python benchmarks/scale.py [--json PATH]``; about 3 min on 2 cores.
+Run ``.venv/bin/python benchmarks/scale.py [--json PATH]``; about 2 min on 2 cores.
 """
 
 from __future__ import annotations
