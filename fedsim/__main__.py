@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> float | None:
     from fedsim.build import resolve
     from fedsim.runner import print_summary, quiet_flower, run
     from fedsim.status import exit_code, read_summary, status_of
-    from fedsim.sweep import job_threads, limit_threads, parallel_job
+    from fedsim.sweep import check_launcher, job_threads, limit_threads, parallel_job
 
     quiet_flower()
     parallel = parallel_job()
@@ -75,6 +75,7 @@ def main(cfg: DictConfig) -> float | None:
             outdir, resolved = _resumable(Path(str(resume)))
         else:
             resolved = resolve(cfg, solve=True)
+            check_launcher(resolved["engine"]["name"])
             outdir = Path(HydraConfig.get().runtime.output_dir)
     except ConfigError as err:
         print(f"fedsim: error: {err}", file=sys.stderr)

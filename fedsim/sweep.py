@@ -28,6 +28,10 @@ from fedsim.errors import ConfigError
 
 log = logging.getLogger("fedsim")
 
+_RAY_IN_RAY = (
+    "engine=ray cannot run inside hydra/launcher=ray_cluster (its jobs are Ray tasks already); "
+    "use engine=inline there, or the basic launcher with engine=ray"
+)
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -37,6 +41,11 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from fedsim.engines import ray as ray_engine
 
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        engine = str(config.get("engine", {}).get("name", ""))
+        if launcher.endswith(".RayLauncher") and engine == "ray":
+            print(f"fedsim: error: {_RAY_IN_RAY}", file=sys.stderr)
+            sys.exit(2)
         ray_engine.sweep_started()
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
@@ -76,6 +85,18 @@ def parallel_job() -> bool:
         return False
     target = str(hc.launcher.get("_target_", ""))
     return not target.endswith(".BasicLauncher")
+
+
+def check_launcher(engine: str) -> None:
+    """A job of the Ray launcher runs inside a Ray worker, already connected to the cluster:
+    Flower's Simulation Engine would take that connection for its own and shut it down when the
+    run ends, so ``engine=ray`` is refused there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if engine != "ray" or not HydraConfig.initialized():
+        return
+    if str(HydraConfig.get().launcher.get("_target_", "")).endswith(".RayLauncher"):
+        raise ConfigError(_RAY_IN_RAY)
 
 
 def job_threads(setting: object, parallel: bool) -> int | None:

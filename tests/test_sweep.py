@@ -99,3 +99,14 @@ def test_ray_launcher_runs_a_sweep_on_a_local_ray_head(tmp_path, ray_head):
     assert_same_sweep(tmp_path / "serial", tmp_path / "cluster", 4)
     for job in jobs(tmp_path / "cluster"):
         assert "threads: 1 (a job of a parallel sweep)" in (job / "__main__.log").read_text()
+
+
+def test_engine_ray_inside_the_ray_launcher_is_refused(tmp_path):
+    """Its jobs are Ray tasks: Flower would take over, then shut down, the worker's Ray."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "fedsim", "-m", "hydra/launcher=ray_cluster", "engine=ray"]
+    cmd += ["seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "engine=ray cannot run inside hydra/launcher=ray_cluster" in proc.stderr
+    assert "Traceback" not in proc.stderr
