@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ("engine=inline", "num_rounds=30", "seed=0,1", "sampler=uniform,cyclic")  # 4 jobs
 
 
+@pytest.fixture(scope="module")
+def serial_sweep(tmp_path_factory) -> Path:
+    """The reference: SMALL with Hydra's basic launcher (jobs one after another)."""
+    out = tmp_path_factory.mktemp("serial") / "sweep"
+    sweep(out, *SMALL)
+    return out
+
+
 def sweep(outdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "fedsim", "-m", *args, "output.progress=false"]
@@ -61,42 +69,40 @@ def test_bad_threads_is_refused(compose):
         resolve(compose("threads=0"))
 
 
-def test_joblib_sweep_gives_the_serial_sweep_and_its_figure(tmp_path):
+def test_joblib_sweep_gives_the_serial_sweep_and_its_figure(tmp_path, serial_sweep):
     """``hydra/launcher=joblib``: the same 4 jobs on 2 processes, each single-threaded and
     without a progress bar, give the serial sweep's metrics; both draw ``sweep.png``."""
-    sweep(tmp_path / "serial", *SMALL)
     sweep(tmp_path / "joblib", *SMALL, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-    assert_same_sweep(tmp_path / "serial", tmp_path / "joblib", 4)
-    for name in ("serial", "joblib"):
-        assert (tmp_path / name / "sweep.png").stat().st_size > 10_000
+    assert_same_sweep(serial_sweep, tmp_path / "joblib", 4)
+    for sweep_dir in (serial_sweep, tmp_path / "joblib"):
+        assert (sweep_dir / "sweep.png").stat().st_size > 10_000
     for job in jobs(tmp_path / "joblib"):
         log = (job / "__main__.log").read_text()
         assert "threads: 1 (a job of a parallel sweep)" in log
-    for job in jobs(tmp_path / "serial"):
+    for job in jobs(serial_sweep):
         assert "threads:" not in (job / "__main__.log").read_text()
 
 
 @pytest.mark.xdist_group("ray-engines")  # one Ray at a time on this worker
 def test_engine_ray_jobs_of_a_sweep_share_one_ray(tmp_path):
-    """Three ``engine=ray`` jobs: the first starts a Ray, the other two join it (and reuse its
+    """Two ``engine=ray`` jobs: the first starts a Ray, the second joins it (and reuses its
     warm actors); each job's metrics are the inline job's."""
-    args = ("num_rounds=3", "num_clients=4", "sampler=full", "seed=0,1,2", "output.plot=false")
+    args = ("num_rounds=3", "num_clients=4", "sampler=full", "seed=0,1", "output.plot=false")
     proc = sweep(tmp_path / "ray", "engine=ray", *args)
     sweep(tmp_path / "inline", "engine=inline", *args)
-    assert_same_sweep(tmp_path / "ray", tmp_path / "inline", 3)
+    assert_same_sweep(tmp_path / "ray", tmp_path / "inline", 2)
     logs = [(job / "__main__.log").read_text() for job in jobs(tmp_path / "ray")]
-    assert ["one Ray for the whole sweep" in log for log in logs] == [True, False, False]
+    assert ["one Ray for the whole sweep" in log for log in logs] == [True, False]
     assert proc.stderr.count("Started a local Ray instance") == 1
 
 
 @pytest.mark.xdist_group("ray-head")  # one worker, one Ray head
-def test_ray_launcher_runs_a_sweep_on_a_local_ray_head(tmp_path, ray_head):
+def test_ray_launcher_runs_a_sweep_on_a_local_ray_head(tmp_path, ray_head, serial_sweep):
     """``hydra/launcher=ray_cluster``: 4 jobs as Ray tasks on a 127.0.0.1 head give the serial
     sweep's metrics."""
-    sweep(tmp_path / "serial", *SMALL, "output.plot=false")
     launcher = ("hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_head}")
     sweep(tmp_path / "cluster", *SMALL, *launcher, "output.plot=false")
-    assert_same_sweep(tmp_path / "serial", tmp_path / "cluster", 4)
+    assert_same_sweep(serial_sweep, tmp_path / "cluster", 4)
     for job in jobs(tmp_path / "cluster"):
         assert "threads: 1 (a job of a parallel sweep)" in (job / "__main__.log").read_text()
 
