@@ -3,7 +3,8 @@
 * **Launchers.** Jobs run one after another in this process (Hydra's basic launcher), side by
   side on this machine's cores (``hydra/launcher=joblib``, hydra-joblib-launcher: one process per
   core, ``hydra.launcher.n_jobs=N`` for fewer), or as Ray tasks on a Ray cluster
-  (``hydra/launcher=ray hydra.launcher.ray.init.address=HOST:PORT``, hydra-ray-launcher).
+  (``hydra/launcher=ray_cluster hydra.launcher.ray.init.address=HOST:PORT``,
+  hydra-ray-launcher).
 * **Threads.** A job of a parallel launcher runs its BLAS, OpenMP and torch on one thread
   (``threads: auto``), so that N jobs on N cores do not fight over them; ``threads=K`` sets K
   for every run, parallel or not. A parallel job also draws no progress bar (N bars on one

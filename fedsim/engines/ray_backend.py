@@ -20,7 +20,9 @@ What Flower 1.42 does (``flwr/server/compat/grid_client_proxy.py``,
 - A ClientApp that raises comes back as a ``RayTaskError``; the backend and the worker log it
   at ERROR with the remote and the local traceback (about 90 lines per failure).
 
-:class:`FedsimRayBackend` changes only ``process_message``, the backend's hook for one message:
+:class:`FedsimRayBackend` changes ``process_message``, the backend's hook for one message, and,
+on a Ray shared by several runs (``shared_ray`` or a sweep's), ``build``/``terminate``: the idle
+actors of one run are kept warm for the next. ``process_message``:
 
 - it awaits the job until the message expires (``created_at + ttl``: the very instant the
   server gives up on that reply, so nothing the server could still count is lost), then kills
