@@ -15,6 +15,7 @@ from flwr.common import ArrayRecord, Context, Scalar
 from fedsim.checkpoint import STATE_BLOB, STATE_KEY, pack_state, unpack_state_into
 from fedsim.rng import generator
 from fedsim.tasks.base import Objective
+from fedsim.wire import from_record
 
 
 class FedsimClient(NumPyClient):
@@ -48,7 +49,7 @@ class FedsimClient(NumPyClient):
     def load(self, key: str) -> list[np.ndarray] | None:
         """Arrays kept in ``context.state`` under ``key``, or None."""
         record = self.state.get(key)
-        return None if record is None else record.to_numpy_ndarrays()
+        return None if record is None else from_record(record)
 
     def save(self, key: str, arrays: list[np.ndarray]) -> None:
         """Keep ``arrays`` in ``context.state`` under ``key`` until a later round."""

@@ -8,7 +8,7 @@ from fedsim.blocks.patterns import support
 from fedsim.build import client_factory, task_of
 from fedsim.engines.inline import make_nodes, run_rounds
 from fedsim.runner import run
-from fedsim.wire import encoded_size
+from fedsim.wire import encoded_size, from_record
 
 # Strongly convex, heterogeneous logistic regression (Synthetic(1,1), kappa ~ 250), 20 clients.
 LOGREG = (
@@ -68,7 +68,7 @@ def test_fedavg_with_the_same_local_work_stalls(compose):
 
 def state_of(proxy, key: str) -> list[np.ndarray] | None:
     record = proxy.context.state.get(key)
-    return None if record is None else record.to_numpy_ndarrays()
+    return None if record is None else from_record(record)
 
 
 def effective_control_variates(strategy, nodes, method) -> np.ndarray:
