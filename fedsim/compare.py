@@ -2,8 +2,9 @@
 
 The experiment scripts (``experiments/*/run.py``) describe each comparison as a
 :class:`Comparison` of :class:`Arm` (Hydra overrides on a common problem) and call :func:`main`.
-Every run uses the inline engine; curves are the metric relative to round 0 (``dist_sq``) or
-absolute (``gap``), against rounds, cumulative uplink floats or bits.
+Every run uses the inline engine, the runs side by side on the cores
+(:func:`fedsim.sweep.parallel_map`, ``--jobs``); curves are the metric relative to round 0
+(``dist_sq``) or absolute (``gap``), against rounds, cumulative uplink floats or bits.
 
 A claim is either ``reach`` (arm ``better`` needs less of ``axis`` to reach ``level`` than each of
 ``worse``) or ``final`` (its mean final value is lower).
@@ -12,11 +13,10 @@ A claim is either ``reach`` (arm ``better`` needs less of ``axis`` to reach ``le
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,9 @@ def main(
         metavar="KEY=VALUE",
         help="an extra Hydra override for every run, e.g. task.path=/data/a9a",
     )
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes (default: the cores; 1: this one)"
+    )
     parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args(argv)
     comp = comparisons[args.name]
@@ -97,16 +99,11 @@ def main(
     jobs = [(arm, seed) for arm in comp.arms for seed in seeds]
 
     from fedsim.errors import ConfigError
+    from fedsim.sweep import parallel_map
 
     try:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            curves = list(
-                pool.map(
-                    run_one,
-                    [[*base, *arm.overrides, f"seed={s}"] for arm, s in jobs],
-                    [comp.metric] * len(jobs),
-                )
-            )
+        runs = [[*base, *arm.overrides, f"seed={s}"] for arm, s in jobs]
+        curves = list(parallel_map(partial(run_one, metric=comp.metric), runs, args.jobs))
     except ConfigError as err:
         print(f"cannot run {comp.name}: {err}", file=sys.stderr)
         return 2

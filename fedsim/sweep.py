@@ -13,6 +13,9 @@
   :mod:`fedsim.engines.ray` that a multirun is under way in this process: with the basic
   launcher its ``engine=ray`` jobs then share one Ray (``engine.shared``), which the callback
   shuts down when the sweep ends, and draws the sweep's figure, ``<sweep dir>/sweep.png``.
+* **Scripts.** The experiment scripts (:mod:`fedsim.compare` and ``experiments/*/run.py``) run
+  their arms × seeds through :func:`parallel_map`: the joblib launcher's own backend (loky), one
+  single-threaded process per core.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
 
@@ -33,6 +37,7 @@ _RAY_IN_RAY = (
     "engine=ray cannot run inside hydra/launcher=ray_cluster (its jobs are Ray tasks already); "
     "use engine=inline there, or the basic launcher with engine=ray"
 )
+T = TypeVar("T")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -124,3 +129,30 @@ def limit_threads(count: int | None) -> None:
     threadpool_limits(limits=count)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(count)
+
+
+def default_jobs() -> int:
+    """Processes for :func:`parallel_map` when none are asked for: the cores."""
+    return os.cpu_count() or 1
+
+
+def parallel_map(
+    fn: Callable[..., T], items: Iterable[Any], jobs: int | None = None
+) -> Iterator[T]:
+    """``fn(item)`` for every item, on ``jobs`` processes (default: the cores), in order.
+
+    The processes are joblib's loky workers, the backend of ``hydra/launcher=joblib``, started
+    once and reused across items, each with BLAS, OpenMP and torch on one thread
+    (``inner_max_num_threads=1``, the rule of ``threads: auto``) so ``jobs`` runs on ``jobs``
+    cores do not fight. ``jobs=1`` runs the items in this process. Results are yielded as they
+    complete in order, so a caller can print progress or save each one."""
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        yield from map(fn, items)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    with parallel_config(backend="loky", inner_max_num_threads=1):
+        yield from Parallel(n_jobs=jobs, return_as="generator")(delayed(fn)(i) for i in items)

@@ -30,7 +30,7 @@ OVERRIDES = [
     "method=fedavg",
     "task=logreg_synthetic",
     "num_clients=3",
-    "num_rounds=2",
+    "num_rounds=1",
     "sampler=full",
     "task.samples_per_client=30",
     "engine=deployment",
@@ -44,7 +44,7 @@ STATEFUL = [
     "task=logreg_synthetic",
     "task.dim=40",
     "num_clients=3",
-    "num_rounds=4",
+    "num_rounds=3",
     "sampler=full",
     "task.samples_per_client=30",
     "engine=deployment",
@@ -57,7 +57,7 @@ BYZANTINE = [
     "method=robust_momentum",
     "task=logreg_synthetic",
     "num_clients=3",
-    "num_rounds=3",
+    "num_rounds=2",
     "sampler=full",
     "task.samples_per_client=30",
     "method.batch_size=30",  # every client's whole data (a larger one is refused)
@@ -143,23 +143,11 @@ def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
             "partition-id=0 num-partitions=3", 19203, "unregistered.log", intruder_key
         )
         exited_after = watch_exit(intruder.pid, 60)
-        record = submit(
-            OVERRIDES,
-            str(tmp_path / "run"),
-            fed.address,
-            home=fed.home,
-            run_timeout=300,
-            root_certificates=fed.root_certificates,
-        )
-        assert record["status"] == "finished:completed"
-        assert exited_after, "the unregistered SuperNode was not refused within 60 s"
-        assert "Failed to activate SuperNode" in (fed.logdir / "unregistered.log").read_text()
-        superlink_log = (fed.logdir / "superlink.log").read_text()
-        assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
-        # A stateful method: TAMUNA's control variates live in the SuperNodes' context.state
-        # across rounds, its uplink is the pattern's share of the model.
+        # Four methods, TAMUNA first: its control variates live in the SuperNodes'
+        # context.state across rounds and its uplink is the pattern's share of the model.
         for overrides, name in (
             (STATEFUL, "tamuna"),
+            (OVERRIDES, "fedavg"),
             (BYZANTINE, "byzantine"),
             (RMARINA, "rmarina"),
         ):
@@ -172,13 +160,18 @@ def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
                 root_certificates=fed.root_certificates,
             )
             assert record["status"] == "finished:completed", name
+            if name == "tamuna":
+                assert exited_after, "the unregistered SuperNode was not refused within 60 s"
+        assert "Failed to activate SuperNode" in (fed.logdir / "unregistered.log").read_text()
+        superlink_log = (fed.logdir / "superlink.log").read_text()
+        assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
     finally:
         fed.stop()
     assert not any(alive(p) for p in fed.pids)
     assert processes_mentioning(str(fed.certdir)) == []  # SuperExecs and apps gone too
-    rows = read_metrics(tmp_path / "run" / "metrics.csv")
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert [r["clients"] for r in rows] == [0, 3, 3]
+    rows = read_metrics(tmp_path / "fedavg" / "metrics.csv")
+    assert [r["round"] for r in rows] == [0, 1]
+    assert [r["clients"] for r in rows] == [0, 3]
     # The deployed run computes what the inline engine computes for the same overrides.
     inline = run_overrides([*OVERRIDES[:-1], "engine=inline", "output.progress=false"])
     np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in inline], rtol=1e-9)

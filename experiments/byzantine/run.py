@@ -21,9 +21,7 @@ with bucketing 2 and mean × clipping on/off, 3 seeds; final training loss and t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +76,10 @@ def run_one(overrides: list[str]) -> dict[str, np.ndarray]:
     }
 
 
-def run_all(jobs: list[list[str]], workers: int) -> list[dict[str, np.ndarray]]:
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(run_one, jobs))
+def run_all(jobs: list[list[str]], workers: int | None) -> list[dict[str, np.ndarray]]:
+    from fedsim.sweep import parallel_map
+
+    return list(parallel_map(run_one, jobs, workers))
 
 
 def rel(curve: dict[str, np.ndarray]) -> np.ndarray:
@@ -316,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--lr", type=float, default=0.5, help="e1: γ (e1_tune selects it)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes (default: the cores; 1: this one)"
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +90,8 @@ PROBLEMS = {
 }
 
 
-def sweep(label: str, grid: list[str], experiment: str, out: Path) -> Path:
+def sweep(label: str, grid: list[str], experiment: str, out: Path, jobs: int | None) -> Path:
+    """One Hydra multirun over ``grid``, its jobs on ``jobs`` cores (``hydra/launcher=joblib``)."""
     where = out / label
     shutil.rmtree(where, ignore_errors=True)  # a grid's results only, never an older grid's
     cmd = [
@@ -101,6 +101,8 @@ def sweep(label: str, grid: list[str], experiment: str, out: Path) -> Path:
         "-m",
         f"+experiment={experiment}",
         *grid,
+        "hydra/launcher=joblib",
+        *([f"hydra.launcher.n_jobs={jobs}"] if jobs else []),
         "output.plot=false",
         "output.progress=false",
         f"hydra.sweep.dir={where}",
@@ -112,7 +114,9 @@ def sweep(label: str, grid: list[str], experiment: str, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes per sweep (default: the cores)"
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "outputs" / "tune_generalized_smoothness"
     )
@@ -120,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     experiment, grids = PROBLEMS[args.problem]
     out = args.out / args.problem
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        sweeps = list(pool.map(lambda item: sweep(*item, experiment, out), grids.items()))
+    sweeps = [sweep(label, grid, experiment, out, args.jobs) for label, grid in grids.items()]
     sys.path.insert(0, str(HERE))
     from select_best import report, select
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +77,9 @@ def rounds_to_level(overrides: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="experiments/local_training/importance_grid.py")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes (default: the cores; 1: this one)"
+    )
     parser.add_argument("--quick", action="store_true", help="M = 20, C in {1, 3}, one seed")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                     [*problem(*cell, s), f"sampler={arm}", f"num_rounds={n}", f"eval_every={every}"]
                 )
                 keys.append((cell, arm))
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(rounds_to_level, jobs, chunksize=4))
+    from fedsim.sweep import parallel_map
+
+    results = list(parallel_map(rounds_to_level, jobs, args.jobs))
     by: dict[tuple, list[float]] = {}
     for key, value in zip(keys, results, strict=True):
         by.setdefault(key, []).append(value)

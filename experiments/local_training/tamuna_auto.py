@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="experiments/local_training/tamuna_auto.py")
     parser.add_argument("--quick", action="store_true", help="one small cell, one seed")
     parser.add_argument("--seeds", type=int, default=None, help="the same for every data set")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: the cores)")
     args = parser.parse_args(argv)
     cells = [(d, c, k) for d in DATA for c in COHORTS for k in KAPPAS]
     if args.quick:
@@ -157,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(line)
             done[tuple(row["job"])] = tuple(row["result"])
     todo = [job for job in jobs if job not in done]
-    with ProcessPoolExecutor(args.workers) as pool:
-        for job, result in zip(todo, pool.map(_arm, todo), strict=True):
-            done[job] = result
-            if not args.quick:
-                with cache.open("a") as f:
-                    f.write(json.dumps({"job": list(job), "result": list(result)}) + "\n")
+    from fedsim.sweep import parallel_map
+
+    for job, result in zip(todo, parallel_map(_arm, todo, args.workers), strict=True):
+        done[job] = result
+        if not args.quick:
+            with cache.open("a") as f:
+                f.write(json.dumps({"job": list(job), "result": list(result)}) + "\n")
     results = {job: done[job] for job in jobs}
     lines = [
         "# TAMUNA: s = auto against a sweep of s (uplink floats to 1e-8·dist_sq(x0))",

@@ -36,7 +36,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,13 +379,20 @@ def draw(path, curves, best, rounds) -> None:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (default 2)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs in parallel (default: the cores; 1: in-process)",
+    )
     ap.add_argument("--rounds", type=int, default=None, help=f"rounds per run (default {ROUNDS})")
     ap.add_argument("--out", type=Path, default=None, help="where results and figure go")
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fedsim.sweep import parallel_map
+
     args = parse(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     rounds = args.rounds or ROUNDS
@@ -400,18 +406,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     curves: dict[tuple[str, str, float], list[list[float]]] = {}
     finals: dict[tuple[str, str, float], list[float]] = {}
-    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        memory_futures = {t: pool.submit(state_per_param, t) for t in TASKS}
-        for job, losses, wall in pool.map(run_job, jobs, chunksize=4):
-            key = (job.task, job.optimizer, job.lr)
-            curves.setdefault(key, []).append(losses)
-            finals.setdefault(key, []).append(final(losses))
-            print(
-                f"{job.task:15s} {job.optimizer:13s} lr={job.lr:<6g} seed {job.seed}: final "
-                f"{fmt(final(losses))} ({wall:.1f} s)",
-                flush=True,
-            )
-        memory = {t: f.result() for t, f in memory_futures.items()}
+    for job, losses, wall in parallel_map(run_job, jobs, args.jobs):
+        key = (job.task, job.optimizer, job.lr)
+        curves.setdefault(key, []).append(losses)
+        finals.setdefault(key, []).append(final(losses))
+        print(
+            f"{job.task:15s} {job.optimizer:13s} lr={job.lr:<6g} seed {job.seed}: final "
+            f"{fmt(final(losses))} ({wall:.1f} s)",
+            flush=True,
+        )
+    memory = dict(zip(TASKS, parallel_map(state_per_param, TASKS, args.jobs), strict=True))
     wall_s = time.perf_counter() - t0
 
     best = pick_best(finals)

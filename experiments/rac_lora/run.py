@@ -22,11 +22,9 @@ one of the paper's orderings checked in the table fails, 2 when a run cannot sta
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="experiments/rac_lora/run.py")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes (default: the cores; 1: this one)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
@@ -154,11 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = [*PROBLEM, f"num_rounds={args.rounds}", f"eval_every={every}", *args.set]
     jobs = [(label, seed) for label in METHODS for seed in seeds]
     from fedsim.errors import ConfigError
+    from fedsim.sweep import parallel_map
 
     start = time.perf_counter()
     try:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(run_one, [[*base, *METHODS[m], f"seed={s}"] for m, s in jobs]))
+        runs = [[*base, *METHODS[m], f"seed={s}"] for m, s in jobs]
+        results = list(parallel_map(run_one, runs, args.jobs))
     except ConfigError as err:
         print(f"cannot run: {err}", file=sys.stderr)
         return 2

@@ -32,7 +32,6 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,7 +341,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra Hydra override for every run, e.g. --set method.client_lr=0.05",
     )
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs in parallel (default: the cores; 1: in-process)",
+    )
     ap.add_argument(
         "--out",
         type=Path,
@@ -355,6 +359,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fedsim.sweep import parallel_map
+
     args = parse(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     names = [n.strip() for n in args.problems.split(",") if n.strip()]
@@ -389,17 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     runs: dict[tuple[str, str], list[list[dict]]] = {}
-    pool = ProcessPoolExecutor(args.jobs) if args.jobs > 1 else None
-    results = pool.map(run_job, jobs) if pool else map(run_job, jobs)
-    for job, rows, wall in results:
+    for job, rows, wall in parallel_map(run_job, jobs, args.jobs):
         runs.setdefault((job.problem, job.sampler), []).append(rows)
         print(
             f"{job.problem:9s} {job.sampler:16s} seed {job.seed}: final gap "
             f"{fmt(tail(rows, 'gap'))}  dist_sq {fmt(tail(rows, 'dist_sq'))}  ({wall:.1f} s)",
             flush=True,
         )
-    if pool:
-        pool.shutdown()
     wall_s = time.perf_counter() - t0
 
     stats = {
