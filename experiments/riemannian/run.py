@@ -97,22 +97,39 @@ def resolved_method(overrides: list[str]) -> dict:
     return dict(compose(" ".join(["engine=inline", *overrides]))["method"])
 
 
+def timed_run(overrides: list[str]) -> dict[str, np.ndarray]:
+    """:func:`run_one` with its wall time in ``curve["wall"]``."""
+    t0 = time.perf_counter()
+    curve = run_one(overrides)
+    curve["wall"] = time.perf_counter() - t0
+    return curve
+
+
 def run_arms(
-    base: list[str], arms: list[Arm], seeds: list[int], scale: float
+    base: list[str], arms: list[Arm], seeds: list[int], scale: float, jobs: int | None = None
 ) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Every arm × seed, side by side on ``jobs`` processes (:func:`fedsim.sweep.parallel_map`)."""
+    from fedsim.sweep import parallel_map
+
+    runs = [
+        (
+            arm,
+            [*base, *arm.overrides, f"num_rounds={max(2, round(arm.rounds * scale))}", f"seed={s}"],
+        )
+        for arm in arms
+        for s in seeds
+    ]
     curves: dict[str, list[dict]] = {}
-    methods: dict[str, dict] = {}
-    for arm in arms:
-        rounds = max(2, int(round(arm.rounds * scale)))
-        for s in seeds:
-            ov = [*base, *arm.overrides, f"num_rounds={rounds}", f"seed={s}"]
-            t0 = time.perf_counter()
-            curve = run_one(ov)
-            curve["wall"] = time.perf_counter() - t0
-            curves.setdefault(arm.key, []).append(curve)
-        methods[arm.key] = resolved_method([*base, *arm.overrides, f"seed={seeds[0]}"])
-        walls = sum(c["wall"] for c in curves[arm.key])
-        print(f"  {arm.label}: {len(seeds)} seed(s), {rounds} rounds, {walls:.1f} s", flush=True)
+    done = parallel_map(timed_run, [ov for _, ov in runs], jobs)
+    for (arm, _), curve in zip(runs, done, strict=True):
+        curves.setdefault(arm.key, []).append(curve)
+        if len(curves[arm.key]) == len(seeds):
+            walls = sum(c["wall"] for c in curves[arm.key])
+            rounds = max(2, round(arm.rounds * scale))
+            print(
+                f"  {arm.label}: {len(seeds)} seed(s), {rounds} rounds, {walls:.1f} s", flush=True
+            )
+    methods = {a.key: resolved_method([*base, *a.overrides, f"seed={seeds[0]}"]) for a in arms}
     return curves, methods
 
 
@@ -284,7 +301,7 @@ def e1(args: argparse.Namespace) -> int:
         )
     )
     print(f"e1: {len(arms)} arms x {len(args.seeds)} seeds", flush=True)
-    curves, methods = run_arms(base, arms, args.seeds, args.scale)
+    curves, methods = run_arms(base, arms, args.seeds, args.scale, args.jobs)
     label = {a.key: a.label for a in arms}
 
     lines = header(
@@ -475,7 +492,7 @@ def e2(args: argparse.Namespace) -> int:
         Arm("rsgd", "R-SGD (constant η = 1/(2L))", ("method=rsgd",), 1500),
     ]
     print(f"e2: {len(arms)} arms x {len(args.seeds)} seeds", flush=True)
-    curves, methods = run_arms(base, arms, args.seeds, args.scale)
+    curves, methods = run_arms(base, arms, args.seeds, args.scale, args.jobs)
     lines = header(
         args, "e2", "E2: R-PAGE vs R-SGD vs R-GD on the leading eigenvector (pca_sphere)", base
     )
@@ -582,7 +599,7 @@ def e3(args: argparse.Namespace) -> int:
         ),
     ]
     print(f"e3: {len(arms)} arms x {len(args.seeds)} seeds", flush=True)
-    curves, methods = run_arms(base, arms, args.seeds, args.scale)
+    curves, methods = run_arms(base, arms, args.seeds, args.scale, args.jobs)
     lines = header(
         args,
         "e3",
@@ -689,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="rounds / 5 and seed 0 (a smoke test)")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="processes (default: the cores; 1: this one)"
+    )
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.quick:
