@@ -62,25 +62,27 @@ def test_job_threads_rule():
             job_threads(bad, parallel=False)
 
 
-def _final_gap_and_threads(seed: int) -> tuple[float, int]:
+def _final_gap_and_threads(job: tuple[int, int]) -> tuple[float, int]:
     from threadpoolctl import threadpool_info
 
     from fedsim.compare import run_one
 
-    curve = run_one(["method=fedavg", "num_rounds=3", f"seed={seed}"], metric="gap")
+    seed, rounds = job
+    curve = run_one(["method=fedavg", f"num_rounds={rounds}", f"seed={seed}"], metric="gap")
     return float(curve["rel"][-1]), max(pool["num_threads"] for pool in threadpool_info())
 
 
 def test_parallel_map_gives_the_serial_results_in_order_on_single_threaded_workers():
     """The experiment scripts' path: the same runs, in the same order, on 2 loky workers whose
-    BLAS runs on one thread."""
-    serial = [_final_gap_and_threads(s)[0] for s in range(4)]
-    parallel = list(parallel_map(_final_gap_and_threads, range(4), jobs=2))
+    BLAS runs on one thread. The first run is the longest, so it finishes last."""
+    jobs = [(0, 400), (1, 3), (2, 3), (3, 3)]
+    serial = [_final_gap_and_threads(job)[0] for job in jobs]
+    parallel = list(parallel_map(_final_gap_and_threads, jobs, jobs=2))
     assert [gap for gap, _ in parallel] == serial
     assert {threads for _, threads in parallel} == {1}
     assert len(set(serial)) == 4  # four different runs, so the order is checked
     with pytest.raises(ConfigError, match="jobs must be >= 1"):
-        list(parallel_map(_final_gap_and_threads, range(2), jobs=0))
+        list(parallel_map(_final_gap_and_threads, jobs, jobs=0))
 
 
 def test_bad_threads_is_refused(compose):
