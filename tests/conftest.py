@@ -50,3 +50,14 @@ def ray_head():
     yield f"127.0.0.1:{port}"
     head.terminate()
     head.wait(timeout=60)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The deployment tests (one xdist group, about 5 min on one worker) are handed out first, so
+    that worker starts them at once while the other workers share the rest of the suite."""
+
+    def deploy_first(item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        return 0 if group is not None and group.args[:1] == ("deploy",) else 1
+
+    items.sort(key=deploy_first)  # stable: the rest keeps its order
