@@ -144,8 +144,9 @@ def parallel_map(
     The processes are joblib's loky workers, the backend of ``hydra/launcher=joblib``, started
     once and reused across items, each with BLAS, OpenMP and torch on one thread
     (``inner_max_num_threads=1``, the rule of ``threads: auto``) so ``jobs`` runs on ``jobs``
-    cores do not fight. ``jobs=1`` runs the items in this process. Results are yielded as they
-    complete in order, so a caller can print progress or save each one."""
+    cores do not fight. ``jobs=1`` runs the items in this process. Results come back in the items'
+    order, each as soon as it and those before it are done, so a caller can print progress or
+    save each one."""
     jobs = default_jobs() if jobs is None else int(jobs)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")

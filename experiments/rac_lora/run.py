@@ -154,12 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = [*PROBLEM, f"num_rounds={args.rounds}", f"eval_every={every}", *args.set]
     jobs = [(label, seed) for label in METHODS for seed in seeds]
     from fedsim.errors import ConfigError
-    from fedsim.sweep import parallel_map
+    from fedsim.sweep import default_jobs, parallel_map
 
+    processes = args.jobs or default_jobs()
     start = time.perf_counter()
     try:
         runs = [[*base, *METHODS[m], f"seed={s}"] for m, s in jobs]
-        results = list(parallel_map(run_one, runs, args.jobs))
+        results = list(parallel_map(run_one, runs, processes))
     except ConfigError as err:
         print(f"cannot run: {err}", file=sys.stderr)
         return 2
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "Written by `experiments/rac_lora/run.py`; do not edit by hand.",
         "",
-        f"Command: `{command}` — wall time {wall:.0f} s, {args.jobs} processes. Seeds "
+        f"Command: `{command}` — wall time {wall:.0f} s, {processes} processes. Seeds "
         f"{', '.join(map(str, seeds))}; {args.rounds} rounds; `{' '.join(base)}`. Accuracy on the "
         "held-out digits 5–9 after the last round; ± is the sample std over the seeds.",
         "",
