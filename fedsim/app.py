@@ -3,7 +3,9 @@
 ``server_fn``/``client_fn`` build the method's Strategy and NumPyClient from one resolved config
 (:mod:`fedsim.build`). The ray and inline engines bind the config directly; the deployment
 objects :data:`server_app` and :data:`client_app` (named in ``pyproject.toml`` for ``flwr run``)
-compose it from the run config's ``overrides`` string, exactly as ``python -m fedsim`` would::
+read it from the run config: the resolved config as JSON in ``config`` when ``python -m fedsim``
+submitted the run (:func:`config_json`), else composed from the ``overrides`` string, exactly as
+``python -m fedsim`` would::
 
     flwr run . local --run-config 'overrides="method=fedavg sampler=cyclic" outdir="/abs/dir"'
 """
@@ -11,6 +13,8 @@ compose it from the run config's ``overrides`` string, exactly as ``python -m fe
 from __future__ import annotations
 
 import functools
+import json
+import math
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,10 +118,62 @@ def compose(overrides: str) -> dict:
     return resolve(cfg)
 
 
+def config_json(cfg: Mapping) -> str:
+    """The resolved config as a JSON string for the run config's ``config`` key, so that every
+    ClientApp process (one per message in Flower 1.42) reads it instead of importing Hydra and
+    composing (about 0.6 s of CPU each). A mapping with a non-string key (``fault.kinds``) is
+    written as ``{"__items__": [[key, value], ...]}``. "" when the JSON form would not give back
+    the same config (the apps then compose from ``overrides``)."""
+    text = json.dumps(_tagged(cfg))
+    return text if _same(config_from_json(text), cfg) else ""
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal values of equal types, NaN equal to NaN (``fault.kinds={3: nan}`` parses as one)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+def config_from_json(text: str) -> dict:
+    """The config :func:`config_json` wrote."""
+    return _untagged(json.loads(text))
+
+
+def _tagged(value: object) -> object:
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) for k in value) and "__items__" not in value:
+            return {k: _tagged(v) for k, v in value.items()}
+        return {"__items__": [[k, _tagged(v)] for k, v in value.items()]}
+    if isinstance(value, list | tuple):
+        return [_tagged(v) for v in value]
+    return value
+
+
+def _untagged(value: object) -> object:
+    if isinstance(value, dict):
+        if set(value) == {"__items__"}:
+            return {k: _untagged(v) for k, v in value["__items__"]}
+        return {k: _untagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untagged(v) for v in value]
+    return value
+
+
 def _run_config(context: Context) -> tuple[dict, str | None]:
-    overrides = str(context.run_config.get("overrides", ""))
+    """The run's config: the resolved ``config`` JSON when the submitter sent one (``python -m
+    fedsim engine=deployment`` does), else composed from ``overrides`` (``flwr run`` by hand)."""
     outdir = str(context.run_config.get("outdir", "")) or None
-    return compose(overrides), outdir
+    text = str(context.run_config.get("config", ""))
+    if text:
+        return config_from_json(text), outdir
+    return compose(str(context.run_config.get("overrides", ""))), outdir
 
 
 def _deployment_server_fn(context: Context) -> ServerAppComponents:

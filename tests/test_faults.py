@@ -121,6 +121,36 @@ def test_every_engine_builds_the_faulty_client_from_the_same_overrides(compose):
         assert isinstance(direct, FaultyClient) is faulty
 
 
+def test_the_resolved_config_the_deployment_apps_read_is_the_composed_one(compose):
+    """``python -m fedsim engine=deployment`` sends the resolved config as JSON (``config`` in the
+    run config), so ClientApps skip Hydra: it gives back exactly the config the overrides
+    compose, integer keys (``fault.kinds``) included, and the same faulty nodes."""
+    from fedsim.app import _deployment_client_fn, config_from_json, config_json
+
+    overrides = (
+        "method=fedavg task=logreg_synthetic num_clients=6 sampler=full fault=mixed "
+        "fault.kinds={1:crash,4:nan}"
+    )
+    cfg = compose(*overrides.split())
+    text = config_json(cfg)
+    back = config_from_json(text)
+    kinds = back["fault"].pop("kinds")  # YAML reads `nan` as a float NaN, which != itself
+    assert list(kinds) == [1, 4] and kinds[1] == "crash" and math.isnan(kinds[4])
+    assert back == {**cfg, "fault": {k: v for k, v in cfg["fault"].items() if k != "kinds"}}
+    for pid in range(6):
+        context = Context(
+            run_id=0,
+            node_id=pid,
+            node_config={"partition-id": pid, "num-partitions": 6},
+            state=RecordDict(),
+            run_config={"overrides": "method=this_is_not_read", "outdir": "", "config": text},
+        )
+        client = _deployment_client_fn(context)
+        assert isinstance(client.numpy_client, FaultyClient) is (pid in (1, 4))
+    assert config_json({"a": (1, 2)}) == ""  # JSON would give a list back: compose instead
+    assert config_json({"x": {"y": 1e400}}) == '{"x": {"y": Infinity}}'
+
+
 def fault_cfg(fault: dict, engine: str = "inline", timeout: float | None = None) -> dict:
     return {
         "num_clients": N,

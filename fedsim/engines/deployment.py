@@ -1,10 +1,11 @@
 """The deployment engine: the same ServerApp/ClientApp on real Flower infrastructure.
 
 ``flwr run`` packs the project (``pyproject.toml`` names ``fedsim.app:server_app`` and
-``fedsim.app:client_app``) and submits it to a SuperLink; the apps compose the very same Hydra
-config from the run config's ``overrides`` string and the ServerApp writes ``metrics.csv`` into
-``outdir``. :class:`LocalFederation` starts a SuperLink and SuperNodes on 127.0.0.1 (for a local
-deployment and for tests) and stops every process it started by PID.
+``fedsim.app:client_app``) and submits it to a SuperLink; the apps read the resolved config
+that ``python -m fedsim`` sends as JSON in the run config's ``config`` (or compose the very same
+Hydra config from its ``overrides`` string, for a ``flwr run`` by hand) and the ServerApp writes
+``metrics.csv`` into ``outdir``. :class:`LocalFederation` starts a SuperLink and SuperNodes on
+127.0.0.1 (for a local deployment and for tests) and stops every process it started by PID.
 
 ``engine.secure=true`` (``LocalFederation(secure=True)``) uses Flower's own mechanisms for a
 federation with TLS and SuperNode authentication. Per run, :mod:`fedsim.engines.certs` writes
@@ -353,8 +354,12 @@ def submit(
     run_timeout: float = 3600.0,
     home: Path | None = None,
     root_certificates: str | None = None,
+    config: str = "",
 ) -> dict:
     """``flwr run`` the project against ``superlink`` and wait for the run to finish.
+
+    ``config``: the resolved config as :func:`fedsim.app.config_json` writes it; the apps read
+    it instead of composing ``overrides`` (which they fall back to when it is "").
 
     ``root_certificates`` (a CA certificate file, :attr:`LocalFederation.root_certificates`)
     connects with TLS trusting that CA, and overrides ``insecure``. Returns the final ``flwr ls``
@@ -365,7 +370,7 @@ def submit(
     home.mkdir(parents=True, exist_ok=True)
     try:
         _write_connection(home, superlink, insecure, root_certificates)
-        return _submit(overrides, outdir, run_timeout, home)
+        return _submit(overrides, outdir, run_timeout, home, config)
     finally:
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
@@ -385,12 +390,23 @@ def _ended(outdir: str, since: float) -> bool:
         return False
 
 
-def _submit(overrides: Sequence[str], outdir: str, run_timeout: float, home: Path) -> dict:
+def _submit(
+    overrides: Sequence[str], outdir: str, run_timeout: float, home: Path, config: str = ""
+) -> dict:
     submitted = time.time() - 1.0  # file times have coarse resolution
     joined = " ".join(shlex.quote(o) for o in overrides)
-    run_config = f"overrides={_toml_string(joined)} outdir={_toml_string(str(outdir))}"
+    # a TOML file, not `key="value"` pairs: Flower's parser of those cuts a value at its first
+    # double quote, and the config's JSON is full of them
+    run_config = home / "run-config.toml"
+    run_config.write_text(
+        "".join(
+            f"{key} = {_toml_string(value)}\n"
+            for key, value in (("overrides", joined), ("outdir", str(outdir)), ("config", config))
+        )
+    )
     out = _flwr(
-        ["run", str(PROJECT), "fedsim", "--format", "json", "--run-config", run_config], home
+        ["run", str(PROJECT), "fedsim", "--format", "json", "--run-config", str(run_config)],
+        home,
     )
     try:
         run_id = json.loads(out.stdout)["run-id"]
@@ -439,9 +455,17 @@ def run_deployment(cfg: Mapping, outdir: str, overrides: Sequence[str]) -> None:
     timeout = float(engine.get("run_timeout", 3600))
     if cfg["task"].get("path"):  # the apps run elsewhere: they get the file's absolute path
         overrides = [*overrides, f"task.path={cfg['task']['path']}"]
+    from fedsim.app import config_json
+
+    config = config_json(cfg)
     if engine.get("superlink"):
         submit(
-            overrides, outdir, str(engine["superlink"]), bool(engine.get("insecure", True)), timeout
+            overrides,
+            outdir,
+            str(engine["superlink"]),
+            bool(engine.get("insecure", True)),
+            timeout,
+            config=config,
         )
         return
     fed = LocalFederation(
@@ -461,4 +485,5 @@ def run_deployment(cfg: Mapping, outdir: str, overrides: Sequence[str]) -> None:
             timeout,
             home=fed.home,
             root_certificates=fed.root_certificates,
+            config=config,
         )
