@@ -84,6 +84,7 @@ TASK_NAMES: tuple[str, ...] = (
     "finetune_digits",
     "linear_torch",
     "mlp_large",
+    "hf_vision",
 )
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "logreg_synthetic": {
@@ -190,6 +191,26 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "torch_threads": 1,
         "test_fraction": 0.0,
+    },
+    "hf_vision": {
+        "dataset": "ylecun/mnist",
+        "split": "train",
+        "test_split": "test",
+        "image_key": "auto",
+        "label_key": "auto",
+        "max_samples": None,
+        "model": "cnn",
+        "hidden": 128,
+        "norm": "layer",
+        "stem": "cifar",
+        "norm_samples": 2000,
+        "eval_samples": 2000,
+        "eval_batch_size": 500,
+        "L": 10.0,
+        "l2": 0.0,
+        "device": "cpu",
+        "dtype": "float32",
+        "torch_threads": 1,
     },
 }
 MULTICLASS_MODES: tuple[str, ...] = ("ovr", "multinomial")
@@ -792,6 +813,18 @@ def _build_mlp_large(
     )
 
 
+def _build_hf_vision(
+    opts: dict[str, Any],
+    partition_cfg: dict[str, Any],
+    num_clients: int,
+    seed: int,
+    honest: list[int],
+) -> Task:
+    from fedsim.tasks.vision import hf_vision_task
+
+    return hf_vision_task(opts, partition_cfg, num_clients, seed, honest, _number)
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[int]], Task]] = {
     "logreg_synthetic": _build_synthetic,
     "logreg_libsvm": _build_libsvm,
@@ -804,6 +837,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], int, int, list[in
     "finetune_digits": _build_finetune_digits,
     "linear_torch": _build_linear_torch,
     "mlp_large": _build_mlp_large,
+    "hf_vision": _build_hf_vision,
 }
 
 __all__ = [
