@@ -246,3 +246,16 @@ def test_an_image_objective_without_its_images_is_never_decoded(digits_dir):
     assert calls == [] and obj.num_samples == 10
     obj.loss(np.zeros(obj.dim))
     assert calls == [10]
+
+
+def test_max_samples_is_one_fixed_subsample_split_across_the_clients(digits_dir):
+    """``task.max_samples=600``: the clients split one fixed sample of 600 of the 1500 training
+    rows (the same for every run seed, spread over the split, not its first 600 rows)."""
+    clear_cache()
+    union = {}
+    for seed in (0, 1):
+        task = build_task(task_cfg(digits_dir, max_samples=600), {"name": "iid"}, 3, seed=seed)
+        union[seed] = np.sort(np.concatenate([c.rows for c in task.clients]))
+        assert len(np.unique(union[seed])) == 600
+    assert np.array_equal(union[0], union[1])
+    assert union[0].max() > 1000  # drawn from the whole split
