@@ -156,6 +156,16 @@ class MLPObjective(Objective):
         device: str = "cpu",
         dtype: str = "float64",
     ) -> None:
+        self._bind(module, smoothness, l2, device, dtype)
+        self.a = torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
+        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
+        self.num_samples = int(self.a.shape[0])
+
+    def _bind(
+        self, module: nn.Module, smoothness: float, l2: float, device: str, dtype: str
+    ) -> None:
+        """Everything but the data: the module on ``device`` in ``dtype``, its parameters' shapes
+        and places in ``x``, and the constants."""
         if dtype not in DTYPES:
             raise unknown("task.dtype", dtype, tuple(DTYPES))
         self.device = resolve_device(device)
@@ -164,11 +174,8 @@ class MLPObjective(Objective):
         self.shapes = [(name, p.shape) for name, p in module.named_parameters()]
         self.layers = linear_layers(module)  # the nn.Linear layers' places in x (LoRA adapters)
         self.dim = int(sum(p.numel() for p in module.parameters()))
-        self.a = torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
-        self.y = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
         self.num_classes = int(list(module.parameters())[-1].shape[0])  # the output layer's size
         self.l2 = float(l2)
-        self.num_samples = int(self.a.shape[0])
         self.smoothness = float(smoothness)
         self.sample_smoothness = float(smoothness)
 

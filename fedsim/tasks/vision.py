@@ -48,7 +48,7 @@ from torch import nn
 
 from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator, int_seed
-from fedsim.tasks.mlp import DTYPES, MLPObjective, linear_layers, resolve_device
+from fedsim.tasks.mlp import MLPObjective
 
 MODELS: tuple[str, ...] = ("cnn", "mlp", "resnet18")
 NORMS: tuple[str, ...] = ("layer", "group", "none")
@@ -312,17 +312,7 @@ class ImageObjective(MLPObjective):
         dtype: str,
         batch: int,
     ) -> None:
-        if dtype not in DTYPES:
-            raise unknown("task.dtype", dtype, tuple(DTYPES))
-        self.device = resolve_device(device)
-        self.dtype = DTYPES[dtype]
-        self.module = module.to(device=self.device, dtype=self.dtype)
-        self.shapes = [(name, p.shape) for name, p in module.named_parameters()]
-        self.layers = linear_layers(module)
-        self.dim = int(sum(p.numel() for p in module.parameters()))
-        self.num_classes = int(list(module.parameters())[-1].shape[0])
-        self.l2 = float(l2)
-        self.smoothness = self.sample_smoothness = float(smoothness)
+        self._bind(module, smoothness, l2, device, dtype)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.num_samples = int(self.rows.shape[0])
         self.batch = int(batch)
