@@ -343,17 +343,21 @@ class ImageObjective(MLPObjective):
         for start in range(0, self.num_samples, self.batch):
             yield np.arange(start, min(start + self.batch, self.num_samples))
 
-    def loss(self, x: np.ndarray, idx: np.ndarray | None = None) -> float:
-        if idx is not None:
-            return super().loss(x, idx)
-        total = 0.0
+    def _batched_logits(self, x: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(net_x(a_B), y_B)`` for consecutive minibatches ``B`` of every row, without grad."""
         with torch.no_grad():
             params = self._params(self._tensor(x))
             for rows in self._chunks():
                 pick = torch.as_tensor(rows, device=self.device)
-                logits = torch.func.functional_call(self.module, params, (self.a[pick],))
-                ce = nn.functional.cross_entropy(logits, self.y[pick], reduction="sum")
-                total += float(ce)
+                yield torch.func.functional_call(self.module, params, (self.a[pick],)), self.y[pick]
+
+    def loss(self, x: np.ndarray, idx: np.ndarray | None = None) -> float:
+        if idx is not None:
+            return super().loss(x, idx)
+        total = sum(
+            float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            for logits, y in self._batched_logits(x)
+        )
         return total / self.num_samples + 0.5 * self.l2 * float(x @ x)
 
     def grad(self, x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
@@ -365,13 +369,7 @@ class ImageObjective(MLPObjective):
         return out
 
     def accuracy(self, x: np.ndarray) -> float:
-        hits = 0
-        with torch.no_grad():
-            params = self._params(self._tensor(x))
-            for rows in self._chunks():
-                pick = torch.as_tensor(rows, device=self.device)
-                logits = torch.func.functional_call(self.module, params, (self.a[pick],))
-                hits += int((logits.argmax(dim=1) == self.y[pick]).sum())
+        hits = sum(int((z.argmax(dim=1) == y).sum()) for z, y in self._batched_logits(x))
         return hits / self.num_samples
 
 
