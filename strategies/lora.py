@@ -89,7 +89,7 @@ if TYPE_CHECKING:  # the torch tasks' module imports torch: only torch tasks nee
     from fedsim.tasks.mlp import LinearLayer
 
 # tasks whose objectives list their nn.Linear layers (fedsim.tasks.finetune.layers_of)
-TORCH_TASKS = ("finetune_digits", "linear_torch", "mlp_digits", "mlp_large")
+TORCH_TASKS = ("finetune_digits", "hf_vision", "linear_torch", "mlp_digits", "mlp_large")
 INITS = ("gaussian", "peft")
 SIDES = ("coin", "left", "right")
 BOTH = "both"  # the side of a link whose two factors are trained

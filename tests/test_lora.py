@@ -341,7 +341,7 @@ def test_a_task_without_torch_layers_is_refused_naming_the_tasks_that_work(compo
         compose("engine=inline", f"method={name}")
     assert str(err.value) == (
         f"method {name!r} adapts nn.Linear layers, and task 'logreg_synthetic' has none; "
-        "valid tasks: finetune_digits, linear_torch, mlp_digits, mlp_large"
+        "valid tasks: finetune_digits, hf_vision, linear_torch, mlp_digits, mlp_large"
     )
 
 

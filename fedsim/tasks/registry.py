@@ -201,6 +201,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_samples": None,
         "model": "cnn",
         "hidden": 128,
+        "depth": 1,
         "norm": "layer",
         "stem": "cifar",
         "norm_samples": 2000,
@@ -211,6 +212,10 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "cpu",
         "dtype": "float32",
         "torch_threads": 1,
+        "transfer": None,
+        "pretrain_steps": 200,
+        "pretrain_lr": 0.01,
+        "pretrain_seed": 0,
     },
 }
 MULTICLASS_MODES: tuple[str, ...] = ("ovr", "multinomial")

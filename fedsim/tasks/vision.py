@@ -27,6 +27,12 @@ one flat parameter vector, as :class:`fedsim.tasks.mlp.MLPObjective` does:
   statistics are state outside the parameter vector that fedsim's methods average, compress
   and attack, so a federated batch-norm model would need a rule of its own for them.
 
+Transfer (``task.transfer = K``, RAC-LoRA's MNIST protocol, arXiv 2410.08305 §6.2.2): the model
+has ``max(K, classes − K)`` outputs; ``x0`` is that model pretrained on the training images of
+classes ``< K`` (``task.pretrain_steps`` of full-batch Adam with ``task.pretrain_lr``, no ridge,
+from the init of ``task.pretrain_seed``; cached on disk as ``finetune_digits`` caches its own),
+and the clients, ``full`` and ``test`` hold the classes ``≥ K`` with labels ``− K``.
+
 Evaluation (``full``: the honest clients' pooled training rows; ``test``: ``task.test_split``)
 uses a fixed sample of at most ``task.eval_samples`` rows of each, in minibatches of
 ``task.eval_batch_size``, on ``task.device``; with ``eval_every`` it bounds what evaluation costs.
@@ -35,9 +41,12 @@ uses a fixed sample of at most ``task.eval_samples`` rows of each, in minibatche
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -48,12 +57,15 @@ from torch import nn
 
 from fedsim.errors import ConfigError, unknown
 from fedsim.rng import generator, int_seed
+from fedsim.tasks.finetune import cached_pretrained, fingerprint, pretrain
 from fedsim.tasks.mlp import MLPObjective
 
 MODELS: tuple[str, ...] = ("cnn", "mlp", "resnet18")
 NORMS: tuple[str, ...] = ("layer", "group", "none")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
 IMAGE_KEYS: tuple[str, ...] = ("image", "img", "pixel_values")
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------- models
@@ -77,16 +89,21 @@ def build_cnn(channels: int, height: int, width: int, classes: int) -> nn.Sequen
     )
 
 
-def build_image_mlp(channels: int, height: int, width: int, classes: int, hidden: int) -> nn.Module:
-    """``flatten → fc(hidden) → ReLU → fc(K)``."""
+def build_image_mlp(
+    channels: int, height: int, width: int, classes: int, hidden: int, depth: int = 1
+) -> nn.Module:
+    """``flatten → (fc(hidden) → ReLU) × depth → fc(K)``."""
     if hidden < 1:
         raise ConfigError(f"task.hidden must be positive, got {hidden}")
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(channels * height * width, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, classes),
-    )
+    if depth < 1:
+        raise ConfigError(f"task.depth must be positive, got {depth}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = channels * height * width
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, hidden), nn.ReLU()]
+        fan_in = hidden
+    layers.append(nn.Linear(fan_in, classes))
+    return nn.Sequential(*layers)
 
 
 def norm_layer(norm: str) -> Callable[[int], nn.Module]:
@@ -159,7 +176,7 @@ def build_model(opts: dict[str, Any], shape: tuple[int, int, int], classes: int)
     if name == "cnn":
         return build_cnn(c, h, w, classes)
     if name == "mlp":
-        return build_image_mlp(c, h, w, classes, int(opts["hidden"]))
+        return build_image_mlp(c, h, w, classes, int(opts["hidden"]), int(opts["depth"]))
     if name == "resnet18":
         return build_resnet18(c, classes, str(opts["norm"]), str(opts["stem"]))
     raise unknown("task.model", name, MODELS)
@@ -281,6 +298,12 @@ class ImageRows:
     def pixels(self, rows: np.ndarray) -> np.ndarray:
         return _pixels(self.ds, np.asarray(rows, dtype=np.int64), self.image_key)
 
+    def shifted(self, k: int) -> ImageRows:
+        """The same images with every label ``− k`` (transfer's fine-tuning classes)."""
+        out = copy.copy(self)
+        out.labels = self.labels - k
+        return out
+
 
 def fixed_sample(n: int, k: int | None, tag: str) -> np.ndarray:
     """At most ``k`` of ``0..n-1`` (sorted), the same for every run seed (``None``: all)."""
@@ -376,13 +399,23 @@ class ImageObjective(MLPObjective):
 # ------------------------------------------------------------------------------------ build
 
 
-def standardizer(source: ImageRows, k: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Per-channel ``(p − mean_c) / std_c`` from a fixed sample of at most ``k`` images."""
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-channel ``(p − mean_c) / std_c`` (arrays of shape ``(C, 1, 1)``)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return (pixels - self.mean) / self.std
+
+
+def standardizer(source: ImageRows, k: int) -> Standardizer:
+    """The :class:`Standardizer` of a fixed sample of at most ``k`` images."""
     sample = source.pixels(fixed_sample(len(source.labels), k, "norm"))
     mean = sample.mean(axis=(0, 2, 3), keepdims=True)[0]
     std = sample.std(axis=(0, 2, 3), keepdims=True)[0]
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
-    return lambda p: (p - mean) / std
+    return Standardizer(mean, np.where(std > 0, std, 1.0).astype(np.float32))
 
 
 def image_shape(source: ImageRows) -> tuple[int, int, int]:
@@ -412,22 +445,46 @@ def hf_vision_task(
     label_key = _column(train, opts["label_key"], ("label", "labels", "fine_label"), "label_key")
     source = ImageRows(train, image_key, label_key)
     used = fixed_sample(len(source.labels), _optional(opts, "max_samples", number), "train")
-    labels = source.labels[used]
     classes = int(source.labels.max()) + 1
-    parts = [used[p] for p in partition_indices(labels, num_clients, partition_cfg, seed)]
+    split = _optional(opts, "transfer", number)
     standardize = standardizer(source, number(opts, "norm_samples", int, 1))
-    module = build_model(opts, image_shape(source), classes)
+    head = classes if split is None else transfer_head(classes, split)
+    module = build_model(opts, image_shape(source), head)
     smooth = number(opts, "L", float, 0.0, strict=True)
     l2 = number(opts, "l2", float, 0.0)
     batch = number(opts, "eval_batch_size", int, 1)
     eval_k = _optional(opts, "eval_samples", number)
 
-    def make(src: ImageRows, rows: np.ndarray) -> ImageObjective:
-        return ImageObjective(
-            module, src, rows, standardize, smooth, l2, str(opts["device"]), str(opts["dtype"]),
-            batch,
-        )
+    def make(src: ImageRows, rows: np.ndarray, decay: float = l2) -> ImageObjective:
+        device, dtype = str(opts["device"]), str(opts["dtype"])
+        return ImageObjective(module, src, rows, standardize, smooth, decay, device, dtype, batch)
 
+    if split is None:
+        x0 = init_params(module, seed)
+    else:  # pretrain on the classes < split, fine-tune on the others (labels − split)
+        pre = used[source.labels[used] < split]
+        key = {
+            "what": "hf_vision/pretrained",
+            "dataset": dataset,
+            "split": str(opts["split"]),
+            "fingerprint": str(getattr(train, "_fingerprint", "")),
+            "rows": fingerprint(pre, source.labels[pre]),
+            "standardize": fingerprint(standardize.mean, standardize.std),
+            "model": {k: opts[k] for k in ("model", "hidden", "depth", "norm", "stem")},
+            "transfer": split,
+            "head": head,
+            "steps": number(opts, "pretrain_steps", int, 0),
+            "lr": number(opts, "pretrain_lr", float, 0.0, strict=True),
+            "seed": number(opts, "pretrain_seed", int, 0),
+            "device": str(opts["device"]),
+            "dtype": str(opts["dtype"]),
+            "torch": torch.__version__.split("+")[0],
+        }
+        x0 = pretrained(key, module, make(source, pre, 0.0))
+        used = used[source.labels[used] >= split]
+        source = source.shifted(split)
+    labels = source.labels[used]
+    parts = [used[p] for p in partition_indices(labels, num_clients, partition_cfg, seed)]
     if partition_cfg.get("name") == "replicated":
         clients = [make(source, parts[0])] * num_clients
     else:
@@ -437,17 +494,49 @@ def hf_vision_task(
     test = None
     if opts["test_split"] not in (None, "", "none"):
         held = ImageRows(load_split(dataset, str(opts["test_split"])), image_key, label_key)
-        test = make(held, fixed_sample(len(held.labels), eval_k, "test"))
+        rows = np.arange(len(held.labels))
+        if split is not None:
+            rows, held = rows[held.labels >= split], held.shifted(split)
+        test = make(held, rows[fixed_sample(len(rows), eval_k, "test")])
     return Task(
         name="hf_vision",
         dim=full.dim,
         clients=clients,
         full=full,
-        x0=init_params(module, seed),
+        x0=x0,
         mu=0.0,
         solve=None,
         test=test,
     )
+
+
+def pretrained(key: dict[str, Any], module: nn.Module, teacher: ImageObjective) -> np.ndarray:
+    """``x0`` of ``task.transfer``: ``key["steps"]`` full-batch Adam steps (no ridge) on the
+    pretraining rows from the init of seed ``key["seed"]``, cached on disk under ``key`` (as
+    ``finetune_digits`` caches its own, :func:`fedsim.tasks.finetune.cached_pretrained`)."""
+    start = init_params(module, key["seed"])
+    if key["steps"] == 0:
+        return start
+
+    def compute() -> tuple[np.ndarray, float]:
+        x, f = pretrain(teacher, start, key["steps"], key["lr"])
+        log.info(
+            "pretrained on %d images of classes < %d: loss %.4f, accuracy %.4f (cached)",
+            teacher.num_samples, key["transfer"], f, teacher.accuracy(x),
+        )  # fmt: skip
+        return x, f
+
+    return cached_pretrained(key, start.shape[0], compute)
+
+
+def transfer_head(classes: int, split: int) -> int:
+    """Outputs of a model pretrained on classes ``< split`` and fine-tuned on the others, with
+    labels ``− split``: one head serves both, so it has ``max(split, classes − split)`` outputs."""
+    if not 0 < split < classes:
+        raise ConfigError(
+            f"task.transfer must split the {classes} classes (1 to {classes - 1}), got {split}"
+        )
+    return max(split, classes - split)
 
 
 def _optional(opts: dict[str, Any], key: str, number: Callable[..., Any]) -> int | None:
