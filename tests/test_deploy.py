@@ -10,6 +10,7 @@ import ssl
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,25 +133,27 @@ def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
             "partition-id=0 num-partitions=3", 19203, "unregistered.log", intruder_key
         )
         exited_after = watch_exit(intruder.pid, 60)
-        # Three methods (FedAvg is deployed by the test below), TAMUNA first: its control
-        # variates live in the SuperNodes' context.state across rounds and its uplink is the
-        # pattern's share of the model.
-        for overrides, name in (
-            (STATEFUL, "tamuna"),
-            (BYZANTINE, "byzantine"),
-            (RMARINA, "rmarina"),
-        ):
-            record = submit(
+        # Three methods at once (FedAvg is deployed by the test below): the SuperLink runs
+        # them side by side, each with its own ServerApp, and every SuperNode serves all three.
+        # TAMUNA's control variates live in the SuperNodes' context.state across rounds and
+        # its uplink is the pattern's share of the model.
+        def deploy(job: tuple[list[str], str]) -> dict:
+            overrides, name = job
+            return submit(
                 overrides,
                 str(tmp_path / name),
                 fed.address,
-                home=fed.home,
+                home=tmp_path / f"home-{name}",
                 run_timeout=300,
                 root_certificates=fed.root_certificates,
             )
+
+        jobs = [(STATEFUL, "tamuna"), (BYZANTINE, "byzantine"), (RMARINA, "rmarina")]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            records = list(pool.map(deploy, jobs))
+        for record, (_, name) in zip(records, jobs, strict=True):
             assert record["status"] == "finished:completed", name
-            if name == "tamuna":
-                assert exited_after, "the unregistered SuperNode was not refused within 60 s"
+        assert exited_after, "the unregistered SuperNode was not refused within 60 s"
         assert "Failed to activate SuperNode" in (fed.logdir / "unregistered.log").read_text()
         superlink_log = (fed.logdir / "superlink.log").read_text()
         assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in superlink_log
