@@ -28,25 +28,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(tmp_path_factory):
     """One Ray head on 127.0.0.1 with free ports (its client-server port too, so two heads on
     one machine cannot collide), ``HOST:PORT``; stopped with its ``--block`` process, which
-    takes Ray's processes with it."""
+    takes Ray's processes with it.
+
+    Ready means ``ray start`` printed "Ray runtime started.": its GCS port accepts connections
+    seconds earlier, before the raylet has registered, and a driver that joins in that window
+    can die inside Ray's core worker (seen on CI under load)."""
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
     cmd += ["--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
     cmd += [f"--ray-client-server-port={free_port()}"]
     cmd += ["--include-dashboard=false", "--disable-usage-stats"]
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
-            time.sleep(0.2)
+    log = tmp_path_factory.mktemp("ray_head") / "ray_start.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while "Ray runtime started." not in log.read_text():
+        assert head.poll() is None, f"the Ray head exited: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no Ray head in 120 s: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
     yield f"127.0.0.1:{port}"
     head.terminate()
     head.wait(timeout=60)

@@ -133,6 +133,7 @@ def test_deploy_three_supernodes_then_stop_by_pid(tmp_path):
             "partition-id=0 num-partitions=3", 19203, "unregistered.log", intruder_key
         )
         exited_after = watch_exit(intruder.pid, 60)
+
         # Three methods at once (FedAvg is deployed by the test below): the SuperLink runs
         # them side by side, each with its own ServerApp, and every SuperNode serves all three.
         # TAMUNA's control variates live in the SuperNodes' context.state across rounds and

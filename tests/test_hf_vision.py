@@ -135,7 +135,15 @@ def test_the_models_have_the_standard_layers():
     cnn = build_cnn(1, 28, 28, 10)
     assert count(cnn) == 1_199_882
     assert [type(m).__name__ for m in cnn] == [
-        "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"
+        "Conv2d",
+        "ReLU",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
     ]
     with pytest.raises(ConfigError, match="running statistics"):
         build_resnet18(3, 10, "batch", "cifar")
@@ -254,8 +262,9 @@ def test_an_image_objective_without_its_images_is_never_decoded(digits_dir):
         return real(rows)
 
     source.pixels = counting
-    obj = ImageObjective(build_cnn(1, 8, 8, 10), source, np.arange(10), lambda p: p, 1.0, 0.0,
-                         "cpu", "float32", 4)
+    obj = ImageObjective(
+        build_cnn(1, 8, 8, 10), source, np.arange(10), lambda p: p, 1.0, 0.0, "cpu", "float32", 4
+    )
     assert calls == [] and obj.num_samples == 10
     obj.loss(np.zeros(obj.dim))
     assert calls == [10]
@@ -298,7 +307,9 @@ def test_transfer_pretrains_on_the_first_classes_and_fine_tunes_on_the_others(di
     assert np.array_equal(task.test.rows, np.flatnonzero(test >= 5))
     assert np.array_equal(task.test.y.numpy(), test[test >= 5] - 5)
     assert [(layer.out_features, layer.in_features) for layer in task.full.layers] == [
-        (64, 64), (64, 64), (5, 64)
+        (64, 64),
+        (64, 64),
+        (5, 64),
     ]
     first = ImageObjective(
         task.full.module, task.test._source, np.flatnonzero(test < 5), task.full._standardize,

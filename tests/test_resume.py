@@ -100,7 +100,9 @@ def kill_9_after_row(proc: subprocess.Popen, metrics: Path, row: int, timeout: f
     """SIGKILL ``proc`` once ``metrics`` holds more than ``row`` rows (header included)."""
     deadline = time.monotonic() + timeout
     while not (metrics.exists() and len(metrics.read_text().splitlines()) > row):
-        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-500:]}"
+        if proc.poll() is not None:  # the message, then the end of any native stack trace
+            err = proc.stderr.read()
+            pytest.fail(f"finished before the kill: {err[:3000]}\n...\n{err[-1000:]}")
         assert time.monotonic() < deadline, "the run never got that far"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
